@@ -1,0 +1,16 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (everything CI checks).
+# Both install what they need first, so they work on a fresh machine.
+PYTHON ?= python3
+OUT ?= world
+
+.PHONY: install demo test
+
+install:  ## torch first (an unpinned torch pulls GB of CUDA packages), then the package with its dev extra
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+demo: install  ## the main job
+	rmsecrets world --out $(OUT)
+
+test: install  ## notebooks and package in sync, notebooks run, no undefined names, then pytest
+	bash scripts/test.sh
