@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['add_config_args', 'config_from_args', 'cmd_world', 'build_parser', 'run', 'main']
 
-# %% ../nbs/12_cli.ipynb #49d882e2
+# %% ../nbs/12_cli.ipynb #811da9e6
 import argparse
 import dataclasses
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .world import WorldConfig, load_world, save_world
 
-# %% ../nbs/12_cli.ipynb #78e9a11b
+# %% ../nbs/12_cli.ipynb #ff9cf104
 def add_config_args(parser: argparse.ArgumentParser, config_cls) -> None:
     """Add one `--kebab-case` flag per field of the dataclass `config_cls`, with its default."""
     for f in dataclasses.fields(config_cls):
@@ -33,7 +33,7 @@ def config_from_args(args: argparse.Namespace, config_cls):
     """The dataclass `config_cls` filled from parsed flags."""
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
 
-# %% ../nbs/12_cli.ipynb #30bd0c2e
+# %% ../nbs/12_cli.ipynb #c03e9bae
 def cmd_world(args: argparse.Namespace) -> dict:
     """Generate the synthetic world and write it to `--out`."""
     config = config_from_args(args, WorldConfig)
@@ -46,7 +46,7 @@ def cmd_world(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=2))
     return summary
 
-# %% ../nbs/12_cli.ipynb #b391619b
+# %% ../nbs/12_cli.ipynb #1535598e
 def build_parser() -> argparse.ArgumentParser:
     """The `rmsecrets` argument parser with one subcommand per stage."""
     parser = argparse.ArgumentParser(prog="rmsecrets", description="Reward modeling secrets (arXiv 2401.06080), stage by stage.")

@@ -8,7 +8,7 @@ __all__ = ['TOPICS', 'HARM', 'FILLER', 'OPENERS', 'POLITE', 'RUDE', 'LENGTHS', '
            'sample_response', 'gold_parts', 'gold_reward', 'annotate', 'make_pairs', 'make_world',
            'make_demonstrations', 'make_prompts', 'world_vocabulary', 'make_tokenizer', 'save_world', 'load_world']
 
-# %% ../nbs/00_world.ipynb #f17a667f
+# %% ../nbs/00_world.ipynb #112a19fb
 import json
 import shutil
 import tempfile
@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict, load_from_disk
 
-# %% ../nbs/00_world.ipynb #c2746d60
+# %% ../nbs/00_world.ipynb #46abf61f
 TOPICS = {  # topic -> (requests a user can make, on-topic content words)
     "cooking": (["how do i cook pasta ?", "any tips for baking bread ?", "how can i make a good soup ?"],
                 ["boil", "salt", "stir", "oven", "simmer", "garlic", "knead", "taste"]),
@@ -51,7 +51,7 @@ LENGTHS = {  # requested length -> (what the user says, how many response words 
 }
 WORD_CLASS = {w: t for t, (_, ws) in TOPICS.items() for w in ws} | {w: "harm" for w in HARM} | {w: "filler" for w in FILLER}
 
-# %% ../nbs/00_world.ipynb #6ece80dc
+# %% ../nbs/00_world.ipynb #1356cb12
 @dataclass
 class WorldConfig:
     """Every setting of the synthetic world; the same config gives byte-identical data."""
@@ -75,7 +75,7 @@ class WorldConfig:
         """An independent random stream of this world (one per split or product)."""
         return np.random.default_rng(np.random.SeedSequence([self.seed, stream]))
 
-# %% ../nbs/00_world.ipynb #ecc68e7a
+# %% ../nbs/00_world.ipynb #7b432b23
 def make_prompt(topic: str, request: int, length: str) -> str:
     """The prompt text for request number `request` of `topic`, asking for a `length` answer."""
     ask = LENGTHS[length][0]
@@ -93,7 +93,7 @@ def sample_prompt(rng: np.random.Generator, config: WorldConfig) -> str:
     topic = config.topics[rng.integers(len(config.topics))]
     return make_prompt(topic, int(rng.integers(3)), list(LENGTHS)[rng.integers(len(LENGTHS))])
 
-# %% ../nbs/00_world.ipynb #ca394225
+# %% ../nbs/00_world.ipynb #16976d62
 def sample_response(rng: np.random.Generator, topic: str, config: WorldConfig) -> str:
     """A response of random quality to a prompt about `topic`."""
     on = list(rng.choice(TOPICS[topic][1], size=rng.integers(config.max_on_topic + 1), replace=False))
@@ -110,7 +110,7 @@ def sample_response(rng: np.random.Generator, topic: str, config: WorldConfig) -
     opener = OPENERS[rng.integers(len(OPENERS))] if rng.random() < 0.5 else ""
     return " ".join(p for p in [opener, " ".join(body), ".", close] if p)
 
-# %% ../nbs/00_world.ipynb #90e9f9cf
+# %% ../nbs/00_world.ipynb #0a5c732f
 GOLD_WEIGHTS = dict(helpful=2.5, decay=0.7, off_topic=0.5, harm=2.0, verbose=0.3, repeat=0.6, polite=0.8, rude=1.5)
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
@@ -139,7 +139,7 @@ def gold_reward(prompt: str, response: str) -> float:
     """The gold reward r*(prompt, response) of the world (rounded to 1e-6, so equal rewards tie exactly)."""
     return round(float(sum(gold_parts(prompt, response).values())), 6)
 
-# %% ../nbs/00_world.ipynb #ea627407
+# %% ../nbs/00_world.ipynb #868ac014
 NOISE_KINDS = ("none", "annotator", "uniform", "careless")
 
 def annotate(rng: np.random.Generator, gold_a: np.ndarray, gold_b: np.ndarray, len_a: np.ndarray, len_b: np.ndarray,
@@ -168,7 +168,7 @@ def annotate(rng: np.random.Generator, gold_a: np.ndarray, gold_b: np.ndarray, l
     noise[uniform] = "uniform"
     return choose_a, noise.astype(str)
 
-# %% ../nbs/00_world.ipynb #6a6f4463
+# %% ../nbs/00_world.ipynb #4b98826f
 SPLIT_STREAMS = {"train": 0, "validation": 1, "test": 2, "demonstrations": 3, "prompts": 4}
 
 def make_pairs(config: WorldConfig, n: int, stream: int) -> Dataset:
@@ -202,7 +202,7 @@ def make_world(config: WorldConfig = WorldConfig()) -> DatasetDict:
     sizes = {"train": config.n_train, "validation": config.n_validation, "test": config.n_test}
     return DatasetDict({s: make_pairs(config, n, SPLIT_STREAMS[s]) for s, n in sizes.items()})
 
-# %% ../nbs/00_world.ipynb #7a481ffd
+# %% ../nbs/00_world.ipynb #f88c4f36
 def make_demonstrations(config: WorldConfig = WorldConfig()) -> Dataset:
     """(prompt, response) demonstrations of mixed quality for SFT, with their gold reward."""
     rng = config.rng(SPLIT_STREAMS["demonstrations"])
@@ -218,7 +218,7 @@ def make_prompts(config: WorldConfig = WorldConfig()) -> Dataset:
     return Dataset.from_dict({"prompt": prompts, "topic": [parse_prompt(p)[0] for p in prompts],
                               "length": [parse_prompt(p)[1] for p in prompts]})
 
-# %% ../nbs/00_world.ipynb #92d7af42
+# %% ../nbs/00_world.ipynb #0ef57f75
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 
 def world_vocabulary() -> list[str]:
@@ -239,7 +239,7 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                    bos_token="<bos>", eos_token="<eos>", padding_side="right")
 
-# %% ../nbs/00_world.ipynb #406919e5
+# %% ../nbs/00_world.ipynb #def3ca5a
 def save_world(config: WorldConfig, out: str | Path) -> Path:
     """Generate the world of `config` and write it (atomically) to the folder `out`."""
     out = Path(out)
