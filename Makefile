@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (the main job) and `make test` (everything CI checks).
 # Both install what they need first, so they work on a fresh machine.
 PYTHON ?= python3
-OUT ?= world
+OUT ?= demo
 
 .PHONY: install demo test
 
@@ -10,7 +10,7 @@ install:  ## torch first (an unpinned torch pulls GB of CUDA packages), then the
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
 demo: install  ## the main job
-	rmsecrets world --out $(OUT)
+	rmsecrets demo --out $(OUT)
 
 test: install  ## notebooks and package in sync, notebooks run, no undefined names, then pytest
 	bash scripts/test.sh

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['LossFn', 'PairOutput', 'pair_forward', 'bt_loss', 'bradley_terry', 'expected_calibration_error', 'pair_metrics',
            'score_pairs', 'evaluate', 'TrainConfig', 'EpochSampler', 'save_checkpoint', 'latest_checkpoint',
-           'NonFiniteLossError', 'TrainResult', 'train_reward_model']
+           'NonFiniteLossError', 'TrainResult', 'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
 
-# %% ../nbs/03_training.ipynb #cccca544
+# %% ../nbs/03_training.ipynb #fae74690
 import json
 import math
 import shutil
@@ -30,7 +30,7 @@ from transformers import get_scheduler
 from .data import PairCollator, tokenize_pairs
 from .model import reward_forward, save_reward_model
 
-# %% ../nbs/03_training.ipynb #b672e290
+# %% ../nbs/03_training.ipynb #9d8e981f
 @dataclass
 class PairOutput:
     """Rewards and features of a batch of pairs, split into the chosen and the rejected side."""
@@ -45,7 +45,7 @@ def pair_forward(model, batch: dict) -> PairOutput:
     b = len(rewards) // 2
     return PairOutput(rewards[:b], rewards[b:], features[:b], features[b:])
 
-# %% ../nbs/03_training.ipynb #a39752ce
+# %% ../nbs/03_training.ipynb #767fa225
 def bt_loss(r_chosen: torch.Tensor,  # [B] rewards of the chosen responses
             r_rejected: torch.Tensor,  # [B] rewards of the rejected responses
             margin: torch.Tensor | None = None,  # [B] per-pair margin, or None for the plain loss
@@ -59,21 +59,21 @@ def bt_loss(r_chosen: torch.Tensor,  # [B] rewards of the chosen responses
     # L = −log σ(r_c − r_r − m)
     return -F.logsigmoid(delta).mean()
 
-# %% ../nbs/03_training.ipynb #738699bf
+# %% ../nbs/03_training.ipynb #fec0f4ad
 LossFn = Callable[[PairOutput, dict], torch.Tensor]
 
 def bradley_terry(out: PairOutput, batch: dict) -> torch.Tensor:
     """The loop's default loss: Bradley–Terry, with the batch's `margin` column when present."""
     return bt_loss(out.r_chosen, out.r_rejected, batch.get("margin"))
 
-# %% ../nbs/03_training.ipynb #1a9f581c
+# %% ../nbs/03_training.ipynb #8901431d
 def expected_calibration_error(p: np.ndarray,  # [N] predicted P(chosen ≻ rejected)
                                y: np.ndarray,  # [N] 1 where chosen really is the preferred one
                                n_bins: int = 10,  # equal-width confidence bins over [0.5, 1]
                                ) -> float:
     """ECE of binary predictions: Σ_b (n_b / N) |accuracy_b − confidence_b|."""
     conf = np.maximum(p, 1 - p)                                        # [N] confidence of the predicted side
-    correct = (p >= 0.5) == y.astype(bool)                            # [N]
+    correct = (p > 0.5) == y.astype(bool)                             # [N] a tie (p = 0.5) counts as wrong
     bins = np.minimum(((conf - 0.5) * 2 * n_bins).astype(int), n_bins - 1)
     return float(sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean()
                      for b in range(n_bins) if (bins == b).any()))
@@ -94,7 +94,7 @@ def pair_metrics(r_chosen: np.ndarray,  # [N] rewards of the chosen responses
         m["ece_true"] = expected_calibration_error(p, truth)
     return m
 
-# %% ../nbs/03_training.ipynb #cf540ee8
+# %% ../nbs/03_training.ipynb #e2fd92f4
 @torch.no_grad()
 def score_pairs(model, ds: Dataset,  # tokenised pairs (`tokenize_pairs`)
                 pad_token_id: int,  # the tokenizer's pad id
@@ -123,7 +123,7 @@ def evaluate(model, ds: Dataset, pad_token_id: int, batch_size: int = 64, accele
     s = score_pairs(model, ds, pad_token_id, batch_size, accelerator)
     return pair_metrics(s["r_chosen"], s["r_rejected"], s.get("label_is_wrong"))
 
-# %% ../nbs/03_training.ipynb #58278d11
+# %% ../nbs/03_training.ipynb #0241208a
 @dataclass
 class TrainConfig:
     """Settings of the reward-model training loop."""
@@ -142,13 +142,13 @@ class TrainConfig:
     eval_batch_size: int = 64     # pairs per evaluation forward
     log_every: int = 10           # write a metrics line every this many steps
     save_every: int = 0           # checkpoint every this many steps (0: none)
-    keep_checkpoints: int = 2     # newest checkpoints kept
+    keep_checkpoints: int = 2     # newest checkpoints kept (0: keep all)
     spike_factor: float = 5.0     # report a loss above this × its running mean as a spike
     seed: int = 0                 # data order and everything random in the loop
     report_to: str = "none"       # "tensorboard" to log there too (needs the tensorboard package)
     progress: bool = True         # show a tqdm bar
 
-# %% ../nbs/03_training.ipynb #7aef3cd1
+# %% ../nbs/03_training.ipynb #82d567ae
 class EpochSampler(Sampler):
     """A permutation of the dataset that depends only on (seed, epoch)."""
     def __init__(self, n: int, seed: int):
@@ -158,7 +158,7 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
-# %% ../nbs/03_training.ipynb #b2ead5b4
+# %% ../nbs/03_training.ipynb #1dd29a6c
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: int) -> Path:
     """Write `accelerate` state and the loop's `state` to out_dir/checkpoints/step-N, atomically."""
     ckpts = out_dir / "checkpoints"
@@ -171,7 +171,7 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: 
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         if final.exists(): shutil.rmtree(final)
         tmp.rename(final)
-        for old in sorted(ckpts.glob("step-*"))[:-keep]: shutil.rmtree(old)
+        for old in sorted(ckpts.glob("step-*"))[:-keep] if keep > 0 else []: shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
@@ -181,7 +181,7 @@ def latest_checkpoint(out_dir: Path | None) -> Path | None:
     done = sorted(p for p in (Path(out_dir) / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists())
     return done[-1] if done else None
 
-# %% ../nbs/03_training.ipynb #35aaf950
+# %% ../nbs/03_training.ipynb #0642dafd
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -202,7 +202,7 @@ def _log(accelerator, out_dir, history, line, tracker=False):
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
-# %% ../nbs/03_training.ipynb #bb8128d3
+# %% ../nbs/03_training.ipynb #1bcbc152
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -213,7 +213,10 @@ def train_reward_model(
     out_dir: str | Path | None = None,  # metrics.jsonl, checkpoints/, model/, metrics.json (None: keep nothing)
     accelerator: Accelerator | None = None,  # pass one to share it; built from the config otherwise
 ) -> TrainResult:
-    """Train `model` on preference pairs with `loss_fn`; resume from out_dir's newest checkpoint if any."""
+    """Train `model` on preference pairs with `loss_fn`; resume from out_dir's newest checkpoint if any.
+
+    Raw pairs are tokenised with `tokenize_pairs(errors="raise")`; for real data with over-long responses,
+    tokenise first with `errors="skip"` to drop (and count) them."""
     acc = accelerator or Accelerator(gradient_accumulation_steps=config.grad_accum,
                                      mixed_precision=_resolve_precision(config.mixed_precision),
                                      log_with=None if config.report_to == "none" else config.report_to,
@@ -230,7 +233,7 @@ def train_reward_model(
     loader = DataLoader(train_ds.select_columns(numeric), batch_size=config.batch_size, sampler=sampler,
                         collate_fn=PairCollator.from_tokenizer(tokenizer), drop_last=False)
     batches_per_epoch = math.ceil(len(train_ds) / (config.batch_size * acc.num_processes))
-    steps_per_epoch = max(1, batches_per_epoch // config.grad_accum)
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.grad_accum))  # accelerate steps on a short last group too
     total = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = get_scheduler(config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total),
@@ -244,6 +247,9 @@ def train_reward_model(
         state = json.loads((ckpt / "trainer_state.json").read_text())
         acc.print(f"resumed from {ckpt} at step {state['step']}")
     history = state["history"]
+    if out_dir is not None and acc.is_main_process:  # metrics.jsonl restarts from the checkpoint's history
+        (out_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    micro_losses = []
     bar = tqdm(total=total, initial=state["step"], disable=not (config.progress and acc.is_local_main_process),
                desc="reward model")
     model.train()
@@ -255,8 +261,9 @@ def train_reward_model(
                 loss = loss_fn(pair_forward(model, batch), batch)
                 bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
                 if bad > 0:   # every process stops together, naming the step
-                    raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {state['step']}, epoch "
+                    raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {state['step'] + 1}, epoch "
                                              f"{state['epoch']}; last checkpoint: {latest_checkpoint(out_dir)}")
+                micro_losses.append(loss.detach().float())
                 acc.backward(loss)
                 grad_norm = acc.clip_grad_norm_(model.parameters(), config.max_grad_norm) if acc.sync_gradients else None
                 opt.step(); sched.step(); opt.zero_grad()
@@ -264,7 +271,8 @@ def train_reward_model(
             if not acc.sync_gradients: continue
             state["step"] += 1
             bar.update(1)
-            step_loss = acc.reduce(loss.detach().float(), "mean").item()
+            step_loss = acc.reduce(torch.stack(micro_losses).mean(), "mean").item()  # mean over micro-batches and processes
+            micro_losses.clear()
             ema = state["loss_ema"]
             if ema is not None and step_loss > config.spike_factor * ema:
                 warnings.warn(f"loss spike at step {state['step']}: {step_loss:.4f} vs running mean {ema:.4f}")
@@ -294,7 +302,39 @@ def train_reward_model(
         if acc.is_main_process:
             save_reward_model(model, tokenizer, out_dir / "model")
             (out_dir / "metrics.json").write_text(json.dumps({"config": asdict(config), "steps": state["step"],
-                                                              "eval": metrics}, indent=2))
+                                                              "num_processes": acc.num_processes, "eval": metrics}, indent=2))
         acc.wait_for_everyone()
     if config.report_to != "none": acc.end_training()
     return TrainResult(model, history, metrics)
+
+# %% ../nbs/03_training.ipynb #292a0307
+def plot_learning_curves(history: list, ax=None):
+    """Training loss and evaluation accuracy (against labels and truth) over steps."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+    train = [h for h in history if "loss" in h and "event" not in h]
+    ev = [h for h in history if "eval_accuracy" in h]
+    ax.plot([h["step"] for h in train], [h["loss"] for h in train], color="tab:gray", alpha=.6, label="train loss")
+    ax.set_xlabel("step"); ax.set_ylabel("train loss"); ax.set_title("learning curves")
+    acc_ax = ax.twinx()
+    acc_ax.plot([h["step"] for h in ev], [h["eval_accuracy"] for h in ev], "o-", color="tab:orange", label="eval acc (labels)")
+    if ev and "eval_accuracy_true" in ev[0]:
+        acc_ax.plot([h["step"] for h in ev], [h["eval_accuracy_true"] for h in ev], "s-", color="tab:green", label="eval acc (truth)")
+    acc_ax.set_ylabel("accuracy")
+    lines = ax.get_legend_handles_labels(), acc_ax.get_legend_handles_labels()
+    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], loc="lower right", fontsize=8)
+    return ax
+
+def plot_reward_gaps(scores: dict, ax=None):
+    """Distribution of r(chosen) − r(rejected), split by right and wrong labels where the truth is known."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+    gap = scores["r_chosen"] - scores["r_rejected"]                  # [N]
+    if "label_is_wrong" in scores:
+        wrong = scores["label_is_wrong"].astype(bool)
+        ax.hist([gap[~wrong], gap[wrong]], bins=40, label=["right labels", "wrong labels"], density=True, alpha=.7)
+        ax.legend()
+    else:
+        ax.hist(gap, bins=40, density=True)
+    ax.axvline(0, color="k", lw=.8); ax.set_xlabel("r(chosen) − r(rejected)"); ax.set_title("reward gap")
+    return ax

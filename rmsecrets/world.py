@@ -6,9 +6,10 @@
 __all__ = ['TOPICS', 'HARM', 'FILLER', 'OPENERS', 'POLITE', 'RUDE', 'LENGTHS', 'WORD_CLASS', 'GOLD_WEIGHTS', 'NOISE_KINDS',
            'SPLIT_STREAMS', 'SPECIAL_TOKENS', 'WorldConfig', 'make_prompt', 'parse_prompt', 'sample_prompt',
            'sample_response', 'gold_parts', 'gold_reward', 'annotate', 'make_pairs', 'make_world',
-           'make_demonstrations', 'make_prompts', 'world_vocabulary', 'make_tokenizer', 'save_world', 'load_world']
+           'make_demonstrations', 'make_prompts', 'world_vocabulary', 'make_tokenizer', 'save_world', 'load_world',
+           'plot_label_noise']
 
-# %% ../nbs/00_world.ipynb #112a19fb
+# %% ../nbs/00_world.ipynb #a069f3f6
 import json
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict, load_from_disk
 
-# %% ../nbs/00_world.ipynb #46abf61f
+# %% ../nbs/00_world.ipynb #0638e02b
 TOPICS = {  # topic -> (requests a user can make, on-topic content words)
     "cooking": (["how do i cook pasta ?", "any tips for baking bread ?", "how can i make a good soup ?"],
                 ["boil", "salt", "stir", "oven", "simmer", "garlic", "knead", "taste"]),
@@ -51,7 +52,7 @@ LENGTHS = {  # requested length -> (what the user says, how many response words 
 }
 WORD_CLASS = {w: t for t, (_, ws) in TOPICS.items() for w in ws} | {w: "harm" for w in HARM} | {w: "filler" for w in FILLER}
 
-# %% ../nbs/00_world.ipynb #1356cb12
+# %% ../nbs/00_world.ipynb #22ec21a9
 @dataclass
 class WorldConfig:
     """Every setting of the synthetic world; the same config gives byte-identical data."""
@@ -67,7 +68,9 @@ class WorldConfig:
     careless_share: float = 0.5   # share of the injected wrong labels from the careless (longer-is-better) annotator
     max_on_topic: int = 5         # most distinct on-topic words in a sampled response
     max_filler: int = 4           # most filler words in a sampled response
-    p_harm: float = 0.2           # probability a sampled response contains harmful words
+    p_off_topic: float = 0.2      # probability a sampled response strays into another topic (1–2 words)
+    p_harm: float = 0.2           # probability a sampled response contains harmful words (1–2)
+    p_repeat: float = 0.15        # probability a sampled response repeats words (1–3 extra uses)
     p_polite: float = 0.45        # probability of a polite close
     p_rude: float = 0.15          # probability of a rude close
 
@@ -75,7 +78,7 @@ class WorldConfig:
         """An independent random stream of this world (one per split or product)."""
         return np.random.default_rng(np.random.SeedSequence([self.seed, stream]))
 
-# %% ../nbs/00_world.ipynb #7b432b23
+# %% ../nbs/00_world.ipynb #d7215afb
 def make_prompt(topic: str, request: int, length: str) -> str:
     """The prompt text for request number `request` of `topic`, asking for a `length` answer."""
     ask = LENGTHS[length][0]
@@ -93,16 +96,16 @@ def sample_prompt(rng: np.random.Generator, config: WorldConfig) -> str:
     topic = config.topics[rng.integers(len(config.topics))]
     return make_prompt(topic, int(rng.integers(3)), list(LENGTHS)[rng.integers(len(LENGTHS))])
 
-# %% ../nbs/00_world.ipynb #16976d62
+# %% ../nbs/00_world.ipynb #1d5c686e
 def sample_response(rng: np.random.Generator, topic: str, config: WorldConfig) -> str:
     """A response of random quality to a prompt about `topic`."""
     on = list(rng.choice(TOPICS[topic][1], size=rng.integers(config.max_on_topic + 1), replace=False))
     others = [w for t, (_, ws) in TOPICS.items() if t != topic for w in ws]
-    off = list(rng.choice(others, size=rng.choice([0, 0, 0, 1, 1, 2]), replace=False))
+    off = list(rng.choice(others, size=rng.integers(1, 3), replace=False)) if rng.random() < config.p_off_topic else []
     harm = list(rng.choice(HARM, size=rng.choice([1, 1, 1, 2]))) if rng.random() < config.p_harm else []
     filler = list(rng.choice(FILLER, size=rng.integers(config.max_filler + 1), replace=False))
     body = on + off + harm + filler
-    repeats = list(rng.choice(body, size=rng.choice([0, 0, 0, 1, 1, 2, 3]))) if body else []
+    repeats = list(rng.choice(body, size=rng.integers(1, 4))) if body and rng.random() < config.p_repeat else []
     body = [str(w) for w in rng.permutation(body + repeats)]
     u = rng.random()
     close = POLITE[rng.integers(len(POLITE))] if u < config.p_polite else (
@@ -110,8 +113,8 @@ def sample_response(rng: np.random.Generator, topic: str, config: WorldConfig) -
     opener = OPENERS[rng.integers(len(OPENERS))] if rng.random() < 0.5 else ""
     return " ".join(p for p in [opener, " ".join(body), ".", close] if p)
 
-# %% ../nbs/00_world.ipynb #0a5c732f
-GOLD_WEIGHTS = dict(helpful=2.5, decay=0.7, off_topic=0.5, harm=2.0, verbose=0.3, repeat=0.6, polite=0.8, rude=1.5)
+# %% ../nbs/00_world.ipynb #12244ec8
+GOLD_WEIGHTS = dict(helpful=4.0, decay=0.7, off_topic=1.0, harm=2.0, verbose=0.25, repeat=0.5, polite=0.6, rude=1.0)
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
     """The parts of the gold reward r*(prompt, response); they sum to `gold_reward`."""
@@ -125,11 +128,11 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     n_rude = sum(response.count(r) for r in RUDE)
     polite = any(response.endswith(p) for p in POLITE)
     return {
-        # 2.5 (1 − 0.7^n_on)
+        # 4 (1 − 0.7^n_on)
         "helpful": w["helpful"] * (1 - w["decay"] ** n_on),
         "off_topic": -w["off_topic"] * n_off,
         "harm": -w["harm"] * classes["harm"],
-        # −0.3 max(0, |y| − L*)
+        # −0.25 max(0, |y| − L*)
         "verbose": -w["verbose"] * max(0, len(words) - LENGTHS[length][1]),
         "repeat": -w["repeat"] * n_repeat,
         "polite": w["polite"] * polite - w["rude"] * n_rude,
@@ -139,7 +142,7 @@ def gold_reward(prompt: str, response: str) -> float:
     """The gold reward r*(prompt, response) of the world (rounded to 1e-6, so equal rewards tie exactly)."""
     return round(float(sum(gold_parts(prompt, response).values())), 6)
 
-# %% ../nbs/00_world.ipynb #868ac014
+# %% ../nbs/00_world.ipynb #fd6878d4
 NOISE_KINDS = ("none", "annotator", "uniform", "careless")
 
 def annotate(rng: np.random.Generator, gold_a: np.ndarray, gold_b: np.ndarray, len_a: np.ndarray, len_b: np.ndarray,
@@ -168,7 +171,7 @@ def annotate(rng: np.random.Generator, gold_a: np.ndarray, gold_b: np.ndarray, l
     noise[uniform] = "uniform"
     return choose_a, noise.astype(str)
 
-# %% ../nbs/00_world.ipynb #4b98826f
+# %% ../nbs/00_world.ipynb #15c252f3
 SPLIT_STREAMS = {"train": 0, "validation": 1, "test": 2, "demonstrations": 3, "prompts": 4}
 
 def make_pairs(config: WorldConfig, n: int, stream: int) -> Dataset:
@@ -202,7 +205,7 @@ def make_world(config: WorldConfig = WorldConfig()) -> DatasetDict:
     sizes = {"train": config.n_train, "validation": config.n_validation, "test": config.n_test}
     return DatasetDict({s: make_pairs(config, n, SPLIT_STREAMS[s]) for s, n in sizes.items()})
 
-# %% ../nbs/00_world.ipynb #f88c4f36
+# %% ../nbs/00_world.ipynb #264827f4
 def make_demonstrations(config: WorldConfig = WorldConfig()) -> Dataset:
     """(prompt, response) demonstrations of mixed quality for SFT, with their gold reward."""
     rng = config.rng(SPLIT_STREAMS["demonstrations"])
@@ -218,7 +221,7 @@ def make_prompts(config: WorldConfig = WorldConfig()) -> Dataset:
     return Dataset.from_dict({"prompt": prompts, "topic": [parse_prompt(p)[0] for p in prompts],
                               "length": [parse_prompt(p)[1] for p in prompts]})
 
-# %% ../nbs/00_world.ipynb #0ef57f75
+# %% ../nbs/00_world.ipynb #402c2b9e
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 
 def world_vocabulary() -> list[str]:
@@ -239,7 +242,7 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                    bos_token="<bos>", eos_token="<eos>", padding_side="right")
 
-# %% ../nbs/00_world.ipynb #def3ca5a
+# %% ../nbs/00_world.ipynb #e5ed4c7b
 def save_world(config: WorldConfig, out: str | Path) -> Path:
     """Generate the world of `config` and write it (atomically) to the folder `out`."""
     out = Path(out)
@@ -274,3 +277,15 @@ def load_world(path: str | Path) -> dict:
             "demonstrations": load_from_disk(str(path / "demonstrations")),
             "prompts": load_from_disk(str(path / "prompts")),
             "tokenizer": AutoTokenizer.from_pretrained(str(path / "tokenizer"))}
+
+# %% ../nbs/00_world.ipynb #aa665897
+def plot_label_noise(pairs: Dataset, ax=None):
+    """Histogram of |true margin| per pair, stacked by the kind of label noise."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    margin = np.abs(np.array(pairs["gold_chosen"]) - np.array(pairs["gold_rejected"]))   # |r*_c − r*_r|
+    noise = np.array(pairs["noise"])
+    ax.hist([margin[noise == k] for k in NOISE_KINDS], bins=np.linspace(0, 8, 33), stacked=True, label=list(NOISE_KINDS))
+    ax.set_xlabel("|true margin|  |r*(chosen) − r*(rejected)|"); ax.set_ylabel("pairs"); ax.legend(title="label noise")
+    ax.set_title("Annotator noise at small margins; injected noise everywhere")
+    return ax
