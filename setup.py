@@ -24,6 +24,7 @@ py_versions = "3.10 3.11 3.12 3.13".split()
 
 requirements = cfg.get("requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
+lora_requirements = cfg.get("lora_requirements", "").split()
 min_python = cfg["min_python"]
 lic = licenses.get(cfg["license"].lower(), (cfg["license"], None))
 
@@ -41,7 +42,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["rmsecrets", "rmsecrets.*"]),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements, "lora": lora_requirements},
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

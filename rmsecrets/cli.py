@@ -7,7 +7,7 @@ __all__ = ['LOSSES', 'PAPER_STRENGTH', 'add_config_args', 'config_from_args', 'c
            'resolve_tokenizer', 'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'Report', 'table',
            'cmd_demo', 'demo_strength', 'build_parser', 'run', 'main']
 
-# %% ../nbs/12_cli.ipynb #c5960709
+# %% ../nbs/12_cli.ipynb #5480cd42
 import argparse
 import dataclasses
 import json
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .world import WorldConfig, load_world, save_world
 
-# %% ../nbs/12_cli.ipynb #a05a963a
+# %% ../nbs/12_cli.ipynb #2f2a9f67
 def add_config_args(parser: argparse.ArgumentParser, config_cls,
                     defaults=None,  # an instance of `config_cls` whose values become the flags' defaults
                     skip: tuple = (),  # fields that get no flag (their default is kept)
@@ -45,7 +45,7 @@ def config_from_args(args: argparse.Namespace, config_cls, **fixed):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)
                          and f.name not in fixed}, **fixed)
 
-# %% ../nbs/12_cli.ipynb #b94101b3
+# %% ../nbs/12_cli.ipynb #e9ecc10f
 def cmd_world(args: argparse.Namespace) -> dict:
     """Generate the synthetic world and write it to `--out`."""
     config = config_from_args(args, WorldConfig)
@@ -58,7 +58,7 @@ def cmd_world(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=2))
     return summary
 
-# %% ../nbs/12_cli.ipynb #24d1778a
+# %% ../nbs/12_cli.ipynb #329e81d4
 LOSSES = {"bt": "rmsecrets.train:bradley_terry"}  # --loss name -> "module:function"; later stages add theirs
 
 def resolve_loss(name: str):
@@ -88,7 +88,7 @@ def _main_process() -> bool:
     from accelerate import PartialState
     return PartialState().is_main_process
 
-# %% ../nbs/12_cli.ipynb #5a9ca12c
+# %% ../nbs/12_cli.ipynb #1b5edae5
 def cmd_train_rm(args: argparse.Namespace) -> dict:
     """Train a reward model and write it, with metrics.json, to `--out`."""
     from rmsecrets.data import tokenize_pairs
@@ -131,7 +131,7 @@ def _write_json(path: Path, obj) -> None:
     with os.fdopen(fd, "w") as f: json.dump(obj, f, indent=2)
     os.replace(tmp, path)
 
-# %% ../nbs/12_cli.ipynb #bdbcaeb9
+# %% ../nbs/12_cli.ipynb #41c01a41
 def cmd_strength(args: argparse.Namespace) -> dict:
     """Vote on every pair's preference strength and write the annotated dataset, summary and plot to `--out`."""
     import matplotlib
@@ -173,7 +173,7 @@ def resolve_voter(name: str):
     if name not in VOTERS: raise SystemExit(f"unknown --voter {name!r}; choose one of {sorted({'full', *VOTERS})}")
     return VOTERS[name]
 
-# %% ../nbs/12_cli.ipynb #22cccb5e
+# %% ../nbs/12_cli.ipynb #343850c4
 class Report:
     """A Markdown report with PNG figures, written atomically to `out/report.md`."""
     def __init__(self, out: Path, title: str):
@@ -199,7 +199,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
                       ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows])
 
-# %% ../nbs/12_cli.ipynb #8120dfa7
+# %% ../nbs/12_cli.ipynb #e20a2225
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Run every stage on the world and write report.md with plots to `--out`."""
     import matplotlib
@@ -255,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     print(f"report: {report.write()}")
     return summary
 
-# %% ../nbs/12_cli.ipynb #47dca112
+# %% ../nbs/12_cli.ipynb #f93fc618
 PAPER_STRENGTH = {"share_negative": 0.25, "agreement_weakest": 0.164, "agreement_near_zero": 0.544,
                   "agreement_strongest": 0.956}  # hh-rlhf, §2.2–2.3 (agreement: GPT-4 with the label, 500 pairs each)
 
@@ -264,6 +264,7 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, args) -> 
     import matplotlib.pyplot as plt
     from rmsecrets.strength import StrengthConfig, annotate, decile_experiment, plot_strength, strength_summary, vote
     from rmsecrets.train import TrainConfig
+    from rmsecrets.voters import VOTERS, compare_votes
     train = world["preferences"]["train"]
     config = StrengthConfig(n_voters=3 if args.quick else 10, seed=args.seed,
                             train=TrainConfig(epochs=1 if args.quick else 2, lr=2e-3, max_length=64, progress=False))
@@ -283,6 +284,11 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, args) -> 
                f"the {k} nearest zero and the {k} strongest pairs (the paper asks GPT-4 about 500 each).\n\n" + table(rows))
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2)); plot_strength(annotated["in_sample"], axes=axes)
     report.figure(fig, "strength", "In-sample strength: μ̂ by right/wrong label, σ̂, mean σ̂ and label–truth agreement over 20 groups sorted by μ̂")
+    cheap = compare_votes(train, {"full": votes["in_sample"], **{n: VOTERS[n](tr, tok, config) for n in ("single", "shared-trunk")}})
+    report.add("### Cheaper voters\n\nThe same in-sample vote from one model, and from one trunk with M heads "
+               "(`04b_cheap_voters`), against the full ensemble:\n\n" + table(
+                   [{k: r[k] for k in ("voter", "M", "seconds", "cost_ratio", "auroc_wrong", "auroc_injected", "spearman_true_margin")}
+                    for r in cheap]))
     deciles = decile_experiment(tr.add_column("strength_mean", annotated["in_sample"]["strength_mean"]), te, tok,
                                 dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=3)))
     report.add("### The decile experiment\n\nA reward model trained on each tenth of the pairs sorted by in-sample μ̂, "
@@ -293,10 +299,10 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, args) -> 
     ax.axhline(0.5, color="k", lw=.6, ls="--"); ax.set_xlabel("strength decile (weakest → strongest)")
     ax.set_ylabel("test accuracy"); ax.legend(fontsize=8)
     report.figure(fig, "strength_deciles", "Test accuracy of a reward model trained on one strength decile alone")
-    return {"in_sample": summaries["in_sample"], "out_of_fold": summaries["out_of_fold"], "deciles": deciles,
+    return {"in_sample": summaries["in_sample"], "out_of_fold": summaries["out_of_fold"], "deciles": deciles, "cheap_voters": cheap,
             "seconds": {m: round(v.seconds, 1) for m, v in votes.items()}}
 
-# %% ../nbs/12_cli.ipynb #443aa07f
+# %% ../nbs/12_cli.ipynb #f1e9290c
 def build_parser() -> argparse.ArgumentParser:
     """The `rmsecrets` argument parser with one subcommand per stage."""
     parser = argparse.ArgumentParser(prog="rmsecrets", description="Reward modeling secrets (arXiv 2401.06080), stage by stage.")

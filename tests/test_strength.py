@@ -44,7 +44,7 @@ def test_strength_is_mean_and_population_std_of_the_gaps():
 
 
 def test_swapping_chosen_and_rejected_negates_a_voters_gaps(pairs, tok):
-    model = S._voter(pairs, tok, QUICK, 0)
+    model = S.train_voter(pairs, tok, QUICK, 0)
     swapped = pairs.rename_columns({"chosen_input_ids": "x", "rejected_input_ids": "chosen_input_ids"}).rename_column("x", "rejected_input_ids")
     a, b = score_pairs(model, pairs, tok.pad_token_id), score_pairs(model, swapped, tok.pad_token_id)
     mu, sd = S.strength_stats(a["r_chosen"][None], a["r_rejected"][None])
@@ -55,7 +55,7 @@ def test_swapping_chosen_and_rejected_negates_a_voters_gaps(pairs, tok):
 
 def test_out_of_fold_never_scores_a_pair_with_a_model_that_trained_on_it(pairs, tok, monkeypatch):
     trained_on, events = {}, []
-    real_voter, real_score = S._voter, S.score_pairs
+    real_voter, real_score = S.train_voter, S.score_pairs
 
     def voter(ds, tokenizer, config, m):
         model = real_voter(ds, tokenizer, config, m)
@@ -66,7 +66,7 @@ def test_out_of_fold_never_scores_a_pair_with_a_model_that_trained_on_it(pairs, 
         events.append((trained_on[id(model)], set(ds["pair_id"])))
         return real_score(model, ds, pad, *a, **k)
 
-    monkeypatch.setattr(S, "_voter", voter)
+    monkeypatch.setattr(S, "train_voter", voter)
     monkeypatch.setattr(S, "score_pairs", score)
     votes = S.vote(pairs, tok, replace(QUICK, mode="out_of_fold", folds=3))
     assert len(events) == 3 * QUICK.n_voters
@@ -91,7 +91,7 @@ def test_margin_column_feeds_the_training_loops_margin_loss(world, pairs, tok):
     np.testing.assert_allclose(annotated["margin"], votes.chosen_scores.mean(0))
     batch = PairCollator.from_tokenizer(tok)([annotated[i] for i in range(8)])
     assert batch["margin"].shape == (8,)
-    model = S._voter(pairs, tok, QUICK, 0)
+    model = S.train_voter(pairs, tok, QUICK, 0)
     out = pair_forward(model, batch)
     assert torch.equal(bradley_terry(out, batch), bt_loss(out.r_chosen, out.r_rejected, batch["margin"]))
     assert not torch.allclose(bradley_terry(out, batch), bt_loss(out.r_chosen, out.r_rejected))
@@ -101,7 +101,7 @@ def test_margin_column_feeds_the_training_loops_margin_loss(world, pairs, tok):
         seen.append(batch["margin"].clone())
         return bradley_terry(out, batch)
 
-    train_reward_model(S._voter(pairs, tok, QUICK, 1), tok, annotated, config=replace(QUICK.train, max_steps=2), loss_fn=recording)
+    train_reward_model(S.train_voter(pairs, tok, QUICK, 1), tok, annotated, config=replace(QUICK.train, max_steps=2), loss_fn=recording)
     assert len(seen) == 2 and all(m.shape == (16,) for m in seen)
     assert set(np.round(torch.cat(seen).numpy(), 5)) <= set(np.round(np.array(annotated["margin"], np.float32), 5))
 
