@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['LOSSES', 'PAPER_STRENGTH', 'add_config_args', 'config_from_args', 'cmd_world', 'resolve_loss', 'resolve_pairs',
            'resolve_tokenizer', 'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'Report', 'table',
-           'cmd_demo', 'demo_strength', 'build_parser', 'run', 'main']
+           'cmd_demo', 'demo_strength', 'add_data_args', 'build_parser', 'run', 'main']
 
-# %% ../nbs/12_cli.ipynb #5480cd42
+# %% ../nbs/12_cli.ipynb #2b3319b0
 import argparse
 import dataclasses
 import json
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .world import WorldConfig, load_world, save_world
 
-# %% ../nbs/12_cli.ipynb #2f2a9f67
+# %% ../nbs/12_cli.ipynb #95a6de70
 def add_config_args(parser: argparse.ArgumentParser, config_cls,
                     defaults=None,  # an instance of `config_cls` whose values become the flags' defaults
                     skip: tuple = (),  # fields that get no flag (their default is kept)
@@ -45,7 +45,7 @@ def config_from_args(args: argparse.Namespace, config_cls, **fixed):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)
                          and f.name not in fixed}, **fixed)
 
-# %% ../nbs/12_cli.ipynb #e9ecc10f
+# %% ../nbs/12_cli.ipynb #54e110af
 def cmd_world(args: argparse.Namespace) -> dict:
     """Generate the synthetic world and write it to `--out`."""
     config = config_from_args(args, WorldConfig)
@@ -58,7 +58,7 @@ def cmd_world(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=2))
     return summary
 
-# %% ../nbs/12_cli.ipynb #329e81d4
+# %% ../nbs/12_cli.ipynb #e93fa340
 LOSSES = {"bt": "rmsecrets.train:bradley_terry"}  # --loss name -> "module:function"; later stages add theirs
 
 def resolve_loss(name: str):
@@ -88,7 +88,7 @@ def _main_process() -> bool:
     from accelerate import PartialState
     return PartialState().is_main_process
 
-# %% ../nbs/12_cli.ipynb #1b5edae5
+# %% ../nbs/12_cli.ipynb #98cd6a39
 def cmd_train_rm(args: argparse.Namespace) -> dict:
     """Train a reward model and write it, with metrics.json, to `--out`."""
     from rmsecrets.data import tokenize_pairs
@@ -131,7 +131,7 @@ def _write_json(path: Path, obj) -> None:
     with os.fdopen(fd, "w") as f: json.dump(obj, f, indent=2)
     os.replace(tmp, path)
 
-# %% ../nbs/12_cli.ipynb #41c01a41
+# %% ../nbs/12_cli.ipynb #569f7a09
 def cmd_strength(args: argparse.Namespace) -> dict:
     """Vote on every pair's preference strength and write the annotated dataset, summary and plot to `--out`."""
     import matplotlib
@@ -173,7 +173,7 @@ def resolve_voter(name: str):
     if name not in VOTERS: raise SystemExit(f"unknown --voter {name!r}; choose one of {sorted({'full', *VOTERS})}")
     return VOTERS[name]
 
-# %% ../nbs/12_cli.ipynb #343850c4
+# %% ../nbs/12_cli.ipynb #7f2cbc87
 class Report:
     """A Markdown report with PNG figures, written atomically to `out/report.md`."""
     def __init__(self, out: Path, title: str):
@@ -199,7 +199,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
                       ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows])
 
-# %% ../nbs/12_cli.ipynb #e20a2225
+# %% ../nbs/12_cli.ipynb #5f47dba7
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Run every stage on the world and write report.md with plots to `--out`."""
     import matplotlib
@@ -255,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     print(f"report: {report.write()}")
     return summary
 
-# %% ../nbs/12_cli.ipynb #f93fc618
+# %% ../nbs/12_cli.ipynb #c85d5760
 PAPER_STRENGTH = {"share_negative": 0.25, "agreement_weakest": 0.164, "agreement_near_zero": 0.544,
                   "agreement_strongest": 0.956}  # hh-rlhf, §2.2–2.3 (agreement: GPT-4 with the label, 500 pairs each)
 
@@ -302,7 +302,15 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, args) -> 
     return {"in_sample": summaries["in_sample"], "out_of_fold": summaries["out_of_fold"], "deciles": deciles, "cheap_voters": cheap,
             "seconds": {m: round(v.seconds, 1) for m, v in votes.items()}}
 
-# %% ../nbs/12_cli.ipynb #f1e9290c
+# %% ../nbs/12_cli.ipynb #bcb3ee24
+def add_data_args(parser: argparse.ArgumentParser, split: str, tokenizer: bool = True) -> None:
+    """The flags of every stage that reads preference pairs."""
+    parser.add_argument("--data", required=True, help="a world folder, a data file or folder, or a hub name")
+    parser.add_argument("--split", default=split, help=f"split to use (default: {split})")
+    if tokenizer:
+        parser.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: the world's or the backbone's)")
+    parser.add_argument("--errors", default="raise", choices=["raise", "skip"], help="bad rows: raise, or skip and count them")
+
 def build_parser() -> argparse.ArgumentParser:
     """The `rmsecrets` argument parser with one subcommand per stage."""
     parser = argparse.ArgumentParser(prog="rmsecrets", description="Reward modeling secrets (arXiv 2401.06080), stage by stage.")
@@ -314,35 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rmsecrets.train import TrainConfig
     train = sub.add_parser("train-rm", help="train a reward model on preference pairs (runs under accelerate launch)")
-    train.add_argument("--data", required=True, help="a world folder, a data file or folder, or a hub name")
-    train.add_argument("--split", default="train", help="split to train on")
+    add_data_args(train, split="train")
     train.add_argument("--eval-data", default=None, help="pairs to evaluate on (default: --data)")
     train.add_argument("--eval-split", default="validation", help="split to evaluate on ('' for none)")
     train.add_argument("--backbone", default="tiny", help="a preset name, a model folder, or a hub name")
-    train.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: the world's or the backbone's)")
     train.add_argument("--loss", default="bt", help="loss name, one of LOSSES")
-    train.add_argument("--errors", default="raise", choices=["raise", "skip"], help="bad rows: raise, or skip and count")
     train.add_argument("--out", required=True, help="folder for model/, metrics.json, metrics.jsonl, checkpoints/")
     add_config_args(train, TrainConfig)
     train.set_defaults(func=cmd_train_rm)
 
     ev = sub.add_parser("eval-rm", help="evaluate a saved reward model on preference pairs")
-    ev.add_argument("--model", required=True, help="a reward-model folder")
-    ev.add_argument("--data", required=True, help="a world folder, a data file or folder, or a hub name")
-    ev.add_argument("--split", default="test", help="split to evaluate on")
+    ev.add_argument("--model", required=True, help="a reward-model folder (its own tokenizer is used)")
+    add_data_args(ev, split="test", tokenizer=False)
     ev.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
     ev.add_argument("--batch-size", type=int, default=64, help="pairs per forward")
-    ev.add_argument("--errors", default="raise", choices=["raise", "skip"], help="bad rows: raise, or skip and count")
     ev.add_argument("--out", default=None, help="write the metrics to this JSON file too")
     ev.set_defaults(func=cmd_eval_rm)
 
     from rmsecrets.strength import StrengthConfig
     st = sub.add_parser("strength", help="preference strength by voting of M reward models; writes the annotated pairs")
-    st.add_argument("--data", required=True, help="a world folder, a data file or folder, or a hub name")
-    st.add_argument("--split", default="train", help="split to annotate")
-    st.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: the world's or the backbone's)")
+    add_data_args(st, split="train")
     st.add_argument("--voter", default="full", help="'full' (the paper's M models) or a cheap voter of rmsecrets.voters")
-    st.add_argument("--errors", default="raise", choices=["raise", "skip"], help="bad rows: raise, or skip and count")
     st.add_argument("--out", required=True, help="folder for annotated/, annotated.jsonl, strength.json, strength.png")
     add_config_args(st, StrengthConfig)
     add_config_args(st, TrainConfig, defaults=StrengthConfig().train, skip=("seed", "progress"))

@@ -6,7 +6,7 @@
 __all__ = ['STRENGTH_COLUMNS', 'strength_stats', 'StrengthConfig', 'Votes', 'train_voter', 'vote', 'annotate', 'auroc',
            'spearman', 'groups', 'strength_summary', 'plot_strength', 'decile_experiment', 'released_strength_check']
 
-# %% ../nbs/04_strength.ipynb #7b1e9938
+# %% ../nbs/04_strength.ipynb #4255cfc4
 import time
 from dataclasses import dataclass, field, replace
 
@@ -16,7 +16,7 @@ from datasets import Dataset
 from .model import make_reward_model
 from .train import TrainConfig, score_pairs, train_reward_model
 
-# %% ../nbs/04_strength.ipynb #576d61ab
+# %% ../nbs/04_strength.ipynb #83c72b72
 def strength_stats(chosen_scores: np.ndarray,  # [M, N] reward of each voter for each chosen response
                    rejected_scores: np.ndarray,  # [M, N] ... for each rejected response
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +28,7 @@ def strength_stats(chosen_scores: np.ndarray,  # [M, N] reward of each voter for
     strength_std = np.sqrt(((d - strength_mean) ** 2).mean(0))                           # [N]
     return strength_mean, strength_std
 
-# %% ../nbs/04_strength.ipynb #f1bfb433
+# %% ../nbs/04_strength.ipynb #a1b409c2
 @dataclass
 class StrengthConfig:
     """Settings of the preference-strength vote."""
@@ -39,7 +39,7 @@ class StrengthConfig:
     seed: int = 0                 # voter m uses seed + m (initialisation and data order)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=2e-3, max_length=64, progress=False))
 
-# %% ../nbs/04_strength.ipynb #ee79b54f
+# %% ../nbs/04_strength.ipynb #cd20eca7
 @dataclass
 class Votes:
     """Every voter's rewards for every pair, and what the vote cost."""
@@ -80,7 +80,7 @@ def vote(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
             chosen[m, score_idx], rejected[m, score_idx] = s["r_chosen"], s["r_rejected"]
     return Votes(chosen, rejected, fold, time.time() - t0)
 
-# %% ../nbs/04_strength.ipynb #90da971a
+# %% ../nbs/04_strength.ipynb #8d5efe94
 STRENGTH_COLUMNS = ("strength_mean", "strength_std", "chosen_scores", "rejected_scores", "margin", "strength_fold")
 
 def annotate(ds: Dataset, votes: Votes) -> Dataset:
@@ -93,7 +93,7 @@ def annotate(ds: Dataset, votes: Votes) -> Dataset:
     for name, values in cols.items(): ds = ds.add_column(name, values)
     return ds
 
-# %% ../nbs/04_strength.ipynb #743d3009
+# %% ../nbs/04_strength.ipynb #579b27ce
 def auroc(score: np.ndarray,  # [N] higher = more likely positive
           positive: np.ndarray,  # [N] bool
           ) -> float:
@@ -113,7 +113,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     rank = lambda x: np.argsort(np.argsort(x, kind="mergesort"), kind="mergesort").astype(np.float64)
     return float(np.corrcoef(rank(np.asarray(a)), rank(np.asarray(b)))[0, 1])
 
-# %% ../nbs/04_strength.ipynb #4dc73994
+# %% ../nbs/04_strength.ipynb #a25ce673
 def groups(order_by: np.ndarray, n_groups: int = 20) -> list[np.ndarray]:
     """Indices of `n_groups` equal groups of pairs sorted by `order_by` (ascending)."""
     return np.array_split(np.argsort(order_by, kind="mergesort"), n_groups)
@@ -143,7 +143,7 @@ def strength_summary(ds: Dataset,  # annotated pairs, with the world's truth col
     out["spearman_true_margin"] = spearman(mean, true_margin)
     return out
 
-# %% ../nbs/04_strength.ipynb #8a1a8add
+# %% ../nbs/04_strength.ipynb #57a95f3a
 def plot_strength(ds: Dataset, n_groups: int = 20, axes=None):
     """Histograms of μ̂ and σ̂, mean σ̂ per μ̂-group, and label–truth agreement per group."""
     import matplotlib.pyplot as plt
@@ -165,7 +165,7 @@ def plot_strength(ds: Dataset, n_groups: int = 20, axes=None):
     plt.tight_layout()
     return axes
 
-# %% ../nbs/04_strength.ipynb #f3b7af12
+# %% ../nbs/04_strength.ipynb #c9fb2b59
 def decile_experiment(annotated: Dataset,  # tokenised pairs with strength_mean
                       test: Dataset,  # tokenised test pairs (with label_is_wrong for truth metrics)
                       tokenizer,
@@ -182,7 +182,7 @@ def decile_experiment(annotated: Dataset,  # tokenised pairs with strength_mean
                      "accuracy": m["accuracy"], "accuracy_true": m.get("accuracy_true", float("nan"))})
     return rows
 
-# %% ../nbs/04_strength.ipynb #c461c2bb
+# %% ../nbs/04_strength.ipynb #2fa25fb6
 def released_strength_check(ds: Dataset) -> dict:
     """Max |stored − recomputed| of strength_mean and strength_std (population and sample std) from the score lists."""
     c, r = np.array(ds["chosen_scores"], np.float64).T, np.array(ds["rejected_scores"], np.float64).T   # [M, N]
