@@ -7,7 +7,7 @@ __all__ = ['LossFn', 'PairOutput', 'pair_forward', 'bt_loss', 'bradley_terry', '
            'score_pairs', 'evaluate', 'TrainConfig', 'EpochSampler', 'save_checkpoint', 'latest_checkpoint',
            'NonFiniteLossError', 'TrainResult', 'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
 
-# %% ../nbs/03_training.ipynb #9c880824
+# %% ../nbs/03_training.ipynb #d3dfd279
 import json
 import math
 import shutil
@@ -29,7 +29,7 @@ from transformers import get_scheduler
 from .data import PairCollator, tokenize_pairs
 from .model import reward_forward, save_reward_model
 
-# %% ../nbs/03_training.ipynb #c6e2707c
+# %% ../nbs/03_training.ipynb #9d88ac2e
 @dataclass
 class PairOutput:
     """Rewards and features of a batch of pairs, split into the chosen and the rejected side."""
@@ -44,7 +44,7 @@ def pair_forward(model, batch: dict) -> PairOutput:
     b = len(rewards) // 2
     return PairOutput(rewards[:b], rewards[b:], features[:b], features[b:])
 
-# %% ../nbs/03_training.ipynb #77ddf108
+# %% ../nbs/03_training.ipynb #ca497b4c
 def bt_loss(r_chosen: torch.Tensor,  # [B] rewards of the chosen responses
             r_rejected: torch.Tensor,  # [B] rewards of the rejected responses
             margin: torch.Tensor | None = None,  # [B] per-pair margin, or None for the plain loss
@@ -58,14 +58,14 @@ def bt_loss(r_chosen: torch.Tensor,  # [B] rewards of the chosen responses
     # L = −log σ(r_c − r_r − m)
     return -F.logsigmoid(delta).mean()
 
-# %% ../nbs/03_training.ipynb #561301ba
+# %% ../nbs/03_training.ipynb #38075b5a
 LossFn = Callable[[PairOutput, dict], torch.Tensor]
 
 def bradley_terry(out: PairOutput, batch: dict) -> torch.Tensor:
     """The loop's default loss: Bradley–Terry, with the batch's `margin` column when present."""
     return bt_loss(out.r_chosen, out.r_rejected, batch.get("margin"))
 
-# %% ../nbs/03_training.ipynb #39d9583f
+# %% ../nbs/03_training.ipynb #d3919457
 def expected_calibration_error(p: np.ndarray,  # [N] predicted P(chosen ≻ rejected)
                                y: np.ndarray,  # [N] 1 where chosen really is the preferred one
                                n_bins: int = 10,  # equal-width confidence bins over [0.5, 1]
@@ -90,10 +90,11 @@ def pair_metrics(r_chosen: np.ndarray,  # [N] rewards of the chosen responses
     if label_is_wrong is not None:
         truth = ~np.asarray(label_is_wrong, bool)                                  # chosen is really better
         m["accuracy_true"] = float(np.mean((gap > 0) == truth))
+        m["accuracy_agree"] = float(np.mean(gap[truth] > 0)) if truth.any() else float("nan")  # where label and truth agree
         m["ece_true"] = expected_calibration_error(p, truth)
     return m
 
-# %% ../nbs/03_training.ipynb #1da40b46
+# %% ../nbs/03_training.ipynb #984eb645
 @torch.no_grad()
 def score_pairs(model, ds: Dataset,  # tokenised pairs (`tokenize_pairs`)
                 pad_token_id: int,  # the tokenizer's pad id
@@ -122,7 +123,7 @@ def evaluate(model, ds: Dataset, pad_token_id: int, batch_size: int = 64, accele
     s = score_pairs(model, ds, pad_token_id, batch_size, accelerator)
     return pair_metrics(s["r_chosen"], s["r_rejected"], s.get("label_is_wrong"))
 
-# %% ../nbs/03_training.ipynb #568fe09c
+# %% ../nbs/03_training.ipynb #ef97312e
 @dataclass
 class TrainConfig:
     """Settings of the reward-model training loop."""
@@ -147,7 +148,7 @@ class TrainConfig:
     report_to: str = "none"       # "tensorboard" to log there too (needs the tensorboard package)
     progress: bool = True         # show a tqdm bar
 
-# %% ../nbs/03_training.ipynb #054bde74
+# %% ../nbs/03_training.ipynb #aba2d816
 class EpochSampler(Sampler):
     """A permutation of the dataset that depends only on (seed, epoch)."""
     def __init__(self, n: int, seed: int):
@@ -157,7 +158,7 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
-# %% ../nbs/03_training.ipynb #a5be5f10
+# %% ../nbs/03_training.ipynb #9d474b96
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: int) -> Path:
     """Write `accelerate` state and the loop's `state` to out_dir/checkpoints/step-N, atomically."""
     ckpts = out_dir / "checkpoints"
@@ -180,7 +181,7 @@ def latest_checkpoint(out_dir: Path | None) -> Path | None:
     done = sorted(p for p in (Path(out_dir) / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists())
     return done[-1] if done else None
 
-# %% ../nbs/03_training.ipynb #4d7b5a43
+# %% ../nbs/03_training.ipynb #66afae83
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -201,7 +202,7 @@ def _log(accelerator, out_dir, history, line, tracker=False):
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
-# %% ../nbs/03_training.ipynb #39e3748d
+# %% ../nbs/03_training.ipynb #ed939b7a
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -306,7 +307,7 @@ def train_reward_model(
     if config.report_to != "none": acc.end_training()
     return TrainResult(model, history, metrics)
 
-# %% ../nbs/03_training.ipynb #69d965fe
+# %% ../nbs/03_training.ipynb #1fd1f011
 def plot_learning_curves(history: list, ax=None):
     """Training loss and evaluation accuracy (against labels and truth) over steps."""
     import matplotlib.pyplot as plt
