@@ -6,7 +6,7 @@
 __all__ = ['SIDE_COLUMNS', 'SIGNED_COLUMNS', 'LABEL_TRICKS', 'preference_loss', 'swap_pairs', 'flip_labels', 'LabelTrick',
            'compare_tricks', 'summarise_tricks', 'plot_tricks']
 
-# %% ../nbs/05_label_tricks.ipynb #ca4822ac
+# %% ../nbs/05_label_tricks.ipynb #2f092da2
 from dataclasses import dataclass
 
 import datasets
@@ -17,7 +17,7 @@ from datasets import Dataset
 
 from .train import PairOutput
 
-# %% ../nbs/05_label_tricks.ipynb #8dd97d48
+# %% ../nbs/05_label_tricks.ipynb #c705ff97
 def preference_loss(r_chosen: torch.Tensor,  # [B]
                     r_rejected: torch.Tensor,  # [B]
                     alpha: torch.Tensor | float = 0.0,  # [B] or scalar: label smoothing
@@ -32,7 +32,7 @@ def preference_loss(r_chosen: torch.Tensor,  # [B]
     # L = −(1−α) log σ(Δr − m) − α log σ(−(Δr − m))
     return (-(1 - alpha) * F.logsigmoid(z) - alpha * F.logsigmoid(-z)).mean()
 
-# %% ../nbs/05_label_tricks.ipynb #d6ca1d78
+# %% ../nbs/05_label_tricks.ipynb #ee6470a0
 SIDE_COLUMNS = [("chosen", "rejected"), ("chosen_input_ids", "rejected_input_ids"), ("chosen_scores", "rejected_scores"),
                 ("gold_chosen", "gold_rejected")]  # columns that belong to one side of the pair
 SIGNED_COLUMNS = ["strength_mean", "margin"]      # columns whose sign says which side wins
@@ -70,7 +70,7 @@ def flip_labels(ds: Dataset,  # pairs with strength_mean
     else: raise ValueError("give fraction or threshold")
     return swap_pairs(ds, mask)
 
-# %% ../nbs/05_label_tricks.ipynb #39af2980
+# %% ../nbs/05_label_tricks.ipynb #2ae5f07c
 @dataclass
 class LabelTrick:
     """One of the paper's label repairs: a data transform and a per-pair smoothing and margin."""
@@ -114,7 +114,7 @@ LABEL_TRICKS = {
     "soft+margin": LabelTrick(smooth="negative", margin=True),
 }
 
-# %% ../nbs/05_label_tricks.ipynb #5937deb4
+# %% ../nbs/05_label_tricks.ipynb #47e7c095
 def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (strength_mean)
                    valid: Dataset,  # tokenised validation pairs with label_is_wrong
                    tokenizer,
@@ -122,6 +122,7 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
                    seeds: tuple = (0, 1, 2),  # one run per seed (model init and data order)
                    config=None,  # TrainConfig (default: 2 epochs, lr 2e-3, eval every 25 steps)
                    backbone: str = "tiny",
+                   tricks: dict | None = None,  # name -> LabelTrick, for variants not in LABEL_TRICKS (e.g. an α sweep)
                    ) -> list[dict]:
     """Train every method with every seed; one row each with the final metrics and the learning curve."""
     from dataclasses import replace
@@ -130,7 +131,7 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
     config = config or TrainConfig(epochs=2, lr=2e-3, max_length=64, eval_every=25, progress=False)
     rows = []
     for name in names:
-        trick = LABEL_TRICKS[name]
+        trick = (tricks or {}).get(name) or LABEL_TRICKS[name]
         data = trick.prepare(train)
         for seed in seeds:
             res = train_reward_model(make_reward_model(backbone, tokenizer, seed=seed), tokenizer, data, valid,
