@@ -29,7 +29,7 @@ from transformers import get_scheduler
 from .data import PairCollator, tokenize_pairs
 from .model import reward_forward, save_reward_model
 
-# %% ../nbs/03_training.ipynb #9d88ac2e
+# %% ../nbs/03_training.ipynb #d70d7e61
 @dataclass
 class PairOutput:
     """Rewards and features of a batch of pairs, split into the chosen and the rejected side."""
@@ -37,12 +37,21 @@ class PairOutput:
     r_rejected: torch.Tensor  # [B]
     f_chosen: torch.Tensor    # [B, H] the features the reward head read
     f_rejected: torch.Tensor  # [B, H]
+    views: tuple = ()         # with views=V > 1: all V PairOutputs of the batch (this one first)
 
-def pair_forward(model, batch: dict) -> PairOutput:
+def pair_forward(model, batch: dict,
+                 views: int = 1,  # score each row this many times in the same forward (dropout: different views)
+                 ) -> PairOutput:
     """Score the 2B rows of a collated batch (chosen first) in one forward pass."""
-    rewards, features = reward_forward(model, batch["input_ids"], batch["attention_mask"])  # [2B], [2B, H]
-    b = len(rewards) // 2
-    return PairOutput(rewards[:b], rewards[b:], features[:b], features[b:])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if views > 1: ids, mask = ids.repeat(views, 1), mask.repeat(views, 1)         # [V·2B, T]
+    rewards, features = reward_forward(model, ids, mask)                          # [V·2B], [V·2B, H]
+    b = len(rewards) // (2 * views)
+    outs = [PairOutput(rewards[v * 2 * b:][:b], rewards[v * 2 * b + b:][:b], features[v * 2 * b:][:b],
+                       features[v * 2 * b + b:][:b]) for v in range(views)]
+    if views > 1:
+        for o in outs: o.views = tuple(outs)
+    return outs[0]
 
 # %% ../nbs/03_training.ipynb #ca497b4c
 def bt_loss(r_chosen: torch.Tensor,  # [B] rewards of the chosen responses
@@ -202,7 +211,7 @@ def _log(accelerator, out_dir, history, line, tracker=False):
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
-# %% ../nbs/03_training.ipynb #ed939b7a
+# %% ../nbs/03_training.ipynb #cb1c459e
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -212,6 +221,7 @@ def train_reward_model(
     loss_fn: LossFn = bradley_terry,  # loss_fn(PairOutput, batch) -> scalar
     out_dir: str | Path | None = None,  # metrics.jsonl, checkpoints/, model/, metrics.json (None: keep nothing)
     accelerator: Accelerator | None = None,  # pass one to share it; built from the config otherwise
+    on_eval: Callable | None = None,  # on_eval(model) -> {name: value}, logged as eval_<name> at every evaluation
 ) -> TrainResult:
     """Train `model` on preference pairs with `loss_fn`; resume from out_dir's newest checkpoint if any.
 
@@ -227,6 +237,8 @@ def train_reward_model(
     if "chosen_input_ids" not in train_ds.column_names: train_ds = tokenize_pairs(train_ds, tokenizer, config.max_length)
     if eval_ds is not None and "chosen_input_ids" not in eval_ds.column_names:
         eval_ds = tokenize_pairs(eval_ds, tokenizer, config.max_length)
+    if hasattr(loss_fn, "prepare_model"): loss_fn.prepare_model(model)   # before the optimiser sees the parameters
+    views = getattr(loss_fn, "views", 1)
     numeric = [c for c in train_ds.column_names if c.endswith("_input_ids") or c in ("margin", "label_is_wrong")
                or c.startswith("strength_") or c.startswith("gold_")]
     sampler = EpochSampler(len(train_ds), config.seed)
@@ -249,6 +261,18 @@ def train_reward_model(
     history = state["history"]
     if out_dir is not None and acc.is_main_process:  # metrics.jsonl restarts from the checkpoint's history
         (out_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    evaluating = eval_ds is not None or on_eval is not None
+
+    def _eval() -> dict:
+        m = evaluate(model, eval_ds, tokenizer.pad_token_id, config.eval_batch_size, acc) if eval_ds is not None else {}
+        m = {f"eval_{k}": v for k, v in m.items()}
+        if on_eval is not None:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad(): m.update({f"eval_{k}": v for k, v in on_eval(acc.unwrap_model(model)).items()})
+            model.train(was_training)
+        return m
+
     micro_losses = []
     bar = tqdm(total=total, initial=state["step"], disable=not (config.progress and acc.is_local_main_process),
                desc="reward model")
@@ -258,7 +282,7 @@ def train_reward_model(
         skip = state["batches_in_epoch"]
         for batch in (acc.skip_first_batches(loader, skip) if skip else loader):
             with acc.accumulate(model):
-                loss = loss_fn(pair_forward(model, batch), batch)
+                loss = loss_fn(pair_forward(model, batch, views), batch)
                 bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
                 if bad > 0:   # every process stops together, naming the step
                     raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {state['step'] + 1}, epoch "
@@ -282,10 +306,8 @@ def train_reward_model(
                 _log(acc, out_dir, history, {"step": state["step"], "epoch": state["epoch"], "loss": step_loss,
                                              "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)},
                      tracker=config.report_to != "none")
-            if eval_ds is not None and config.eval_every and state["step"] % config.eval_every == 0 and state["step"] < total:
-                m = evaluate(model, eval_ds, tokenizer.pad_token_id, config.eval_batch_size, acc)
-                _log(acc, out_dir, history, {"step": state["step"], **{f"eval_{k}": v for k, v in m.items()}},
-                     tracker=config.report_to != "none")
+            if evaluating and config.eval_every and state["step"] % config.eval_every == 0 and state["step"] < total:
+                _log(acc, out_dir, history, {"step": state["step"], **_eval()}, tracker=config.report_to != "none")
             if out_dir is not None and config.save_every and state["step"] % config.save_every == 0:
                 save_checkpoint(acc, out_dir, {**state, "history": history}, config.keep_checkpoints)
             if state["step"] >= total: break
@@ -294,8 +316,8 @@ def train_reward_model(
             state["batches_in_epoch"] = 0
     bar.close()
     metrics = {}
-    if eval_ds is not None:
-        metrics = evaluate(model, eval_ds, tokenizer.pad_token_id, config.eval_batch_size, acc)
+    if evaluating:
+        metrics = {k.removeprefix("eval_"): v for k, v in _eval().items()}
         _log(acc, out_dir, history, {"step": state["step"], **{f"eval_{k}": v for k, v in metrics.items()}})
     model = acc.unwrap_model(model)
     if out_dir is not None:
