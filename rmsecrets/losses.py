@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['SIDE_COLUMNS', 'SIGNED_COLUMNS', 'LABEL_TRICKS', 'preference_loss', 'swap_pairs', 'flip_labels', 'LabelTrick',
-           'compare_tricks', 'summarise_tricks', 'plot_tricks']
+           'compare_tricks', 'summarise_tricks', 'plot_tricks', 'noise_sweep', 'plot_noise_sweep']
 
 # %% ../nbs/05_label_tricks.ipynb #2f092da2
 from dataclasses import dataclass
@@ -114,7 +114,7 @@ LABEL_TRICKS = {
     "soft+margin": LabelTrick(smooth="negative", margin=True),
 }
 
-# %% ../nbs/05_label_tricks.ipynb #47e7c095
+# %% ../nbs/05_label_tricks.ipynb #8eefc2e4
 def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (strength_mean)
                    valid: Dataset,  # tokenised validation pairs with label_is_wrong
                    tokenizer,
@@ -138,8 +138,9 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
                                      replace(config, seed=seed), loss_fn=trick)
             curve = [{k: h[k] for k in ("step", "eval_accuracy", "eval_accuracy_true", "eval_accuracy_agree")}
                      for h in res.history if "eval_accuracy" in h]
+            train_loss = [h["loss"] for h in res.history if "loss" in h and "event" not in h][-1]   # the method's own loss
             rows.append({"method": name, "seed": seed, **{k: res.metrics[k] for k in ("accuracy", "accuracy_true", "accuracy_agree")},
-                         "curve": curve})
+                         "train_loss": train_loss, "curve": curve})
     return rows
 
 def summarise_tricks(rows: list[dict]) -> list[dict]:
@@ -148,7 +149,7 @@ def summarise_tricks(rows: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == name]
         out.append({"method": name, "seeds": len(rs), **{f"{k}{s}": f(np.array([r[k] for r in rs])) for k in
-                    ("accuracy", "accuracy_true", "accuracy_agree") for s, f in (("", np.mean), ("_std", np.std))}})
+                    ("accuracy", "accuracy_true", "accuracy_agree", "train_loss") for s, f in (("", np.mean), ("_std", np.std))}})
     return out
 
 def plot_tricks(rows: list[dict], axes=None):
@@ -164,3 +165,43 @@ def plot_tricks(rows: list[dict], axes=None):
         ax.set_title(f"validation accuracy: {title}"); ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
     return axes
+
+# %% ../nbs/05_label_tricks.ipynb #17f376cb
+from .world import WorldConfig
+
+def noise_sweep(rates: tuple = (0.0, 0.1, 0.2, 0.3, 0.4),  # injected wrong-label shares
+                tricks: dict | None = None,  # name -> LabelTrick (default: bt, flip 10%, flip 20%, margin, flip+margin)
+                seeds: tuple = (0, 1, 2),
+                world: WorldConfig = WorldConfig(n_train=2000, n_test=10, beta=1000.0),  # β large: no annotator noise
+                strength=None,  # StrengthConfig for the vote (default: five voters)
+                config=None,  # TrainConfig of the methods (default: compare_tricks')
+                ) -> list[dict]:
+    """Every method on worlds of increasing label noise; one row per (rate, method, seed) with the realised error rate."""
+    from dataclasses import replace
+    from rmsecrets.data import tokenize_pairs
+    from rmsecrets.strength import StrengthConfig, annotate, vote
+    from rmsecrets.world import make_tokenizer, make_world
+    tricks = tricks or {"bt": LABEL_TRICKS["bt"], "flip 10%": LabelTrick(flip=True), "flip 20%": LabelTrick(flip=True, flip_fraction=0.2),
+                        "margin": LABEL_TRICKS["margin"], "flip+margin": LABEL_TRICKS["flip+margin"]}
+    strength = strength or StrengthConfig(n_voters=5)
+    tok, rows = make_tokenizer(), []
+    for rate in rates:
+        w = make_world(replace(world, wrong_label_rate=rate))
+        tr, va = (tokenize_pairs(w[s], tok, max_length=strength.train.max_length) for s in ("train", "validation"))
+        wrong = float(np.mean(tr["label_is_wrong"]))
+        tr = annotate(tr, vote(tr, tok, strength))
+        for r in compare_tricks(tr, va, tok, names=tuple(tricks), seeds=seeds, config=config, tricks=tricks):
+            rows.append({"rate": rate, "wrong_share": wrong, **r})
+    return rows
+
+def plot_noise_sweep(rows: list[dict], ax=None):
+    """Accuracy against the truth (mean over seeds) of each method as the training labels get noisier."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(5.5, 3.5))[1]
+    for name in dict.fromkeys(r["method"] for r in rows):
+        rates = sorted({r["wrong_share"] for r in rows})
+        acc = [np.mean([r["accuracy_true"] for r in rows if r["method"] == name and r["wrong_share"] == w]) for w in rates]
+        ax.plot(np.array(rates) * 100, acc, "o-", ms=4, label=name)
+    ax.set_xlabel("wrong training labels (%)"); ax.set_ylabel("validation accuracy (truth)"); ax.legend(fontsize=8)
+    ax.set_title("the noise sweep")
+    return ax
