@@ -144,7 +144,7 @@ def reward_forward(model: nn.Module,  # a reward model (possibly wrapped by acce
         features = features[torch.arange(len(features), device=features.device), last_token_index(input_ids, pad)]
     return logits[:, 0], features            # [N], [N, H]
 
-# %% ../nbs/02_reward_model.ipynb #a3f4cc0e
+# %% ../nbs/02_reward_model.ipynb #03efd65b
 def save_reward_model(model: nn.Module,  # the reward model (wrappers are removed)
                       tokenizer: PreTrainedTokenizerBase,  # saved beside it: the pad token is part of the model
                       path: str | os.PathLike,  # the folder to write (replaced if it exists)
@@ -172,11 +172,30 @@ def load_reward_model(path: str | os.PathLike,  # a folder written by `save_rewa
                       ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The reward model (in eval mode) and tokenizer saved at `path`."""
     kwargs = {} if dtype is None else dict(dtype=dtype)
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True,
-                                                               trust_remote_code=trust_remote_code, **kwargs)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report is replaced by the check below
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    odd = {k: sorted(set(v) - {"prototypes.weight"}) for k, v in info.items() if k in ("missing_keys", "unexpected_keys")}
+    if any(odd.values()): warnings.warn(f"loading {path}: {odd}")
+    if k := getattr(model.config, "swav_prototypes", None):   # SwAV's learnable prototypes (06_contrastive)
+        from rmsecrets.contrastive import add_prototypes
+        with torch.no_grad(): add_prototypes(model, k).weight.copy_(_saved_tensor(path, "prototypes.weight"))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer, fix=False)
     return model.eval(), tokenizer
+
+def _saved_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
+    """One tensor of a saved model folder (single or sharded safetensors) — for layers transformers does not know."""
+    import json
+    from safetensors import safe_open
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    file = path / (json.loads(index.read_text())["weight_map"][name] if index.exists() else "model.safetensors")
+    with safe_open(str(file), framework="pt") as f: return f.get_tensor(name)
 
 # %% ../nbs/02_reward_model.ipynb #4796b413
 def encode_responses(tokenizer: PreTrainedTokenizerBase,  # a fast tokenizer with a pad token distinct from EOS

@@ -1,0 +1,124 @@
+"""Contrastive losses: closed forms, Sinkhorn marginals, the distributed versions against one process, and training."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from rmsecrets.contrastive import CONTRASTIVE, Contrastive, add_prototypes, simcse_loss, sinkhorn, swav_loss
+from rmsecrets.data import tokenize_pairs
+from rmsecrets.model import load_reward_model, make_reward_model
+from rmsecrets.train import PairOutput, TrainConfig, train_reward_model
+from rmsecrets.world import WorldConfig, make_tokenizer, make_world
+
+
+def test_simcse_closed_form():
+    z = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # cos: identity on the diagonal; rows 0 and 2 are opposite (−1); everything else 0
+    cos = torch.tensor([[1.0, 0, -1], [0, 1, 0], [-1, 0, 1]])
+    t = 0.2
+    expected = torch.stack([-(cos[i, i] / t) + torch.logsumexp(cos[i] / t, 0) for i in range(3)]).mean()
+    torch.testing.assert_close(simcse_loss(z, z, t), expected)
+
+
+def test_sinkhorn_marginals_and_hardness():
+    s = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+    q = sinkhorn(s, epsilon=0.05, iters=300)
+    torch.testing.assert_close(q.sum(1), torch.ones(40))
+    torch.testing.assert_close(q.sum(0), torch.full((5,), 8.0), atol=1e-3, rtol=0)
+    soft = sinkhorn(s, epsilon=10.0, iters=300)          # a large ε spreads every code out
+    assert soft.max() < q.max()
+
+
+def _worker(rank, world, port, z1, z2, scores, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    n = len(z1) // world
+    a = z1[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    b = z2[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    loss = simcse_loss(a, b, 0.1)
+    loss.backward()
+    codes = sinkhorn(scores[rank * n:(rank + 1) * n], 0.05, 3)
+    out[rank] = (loss.detach(), a.grad, b.grad, codes)
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_see_the_global_batch():
+    """SimCSE gathers negatives and Sinkhorn all-reduces: two halves give what one process gives on the whole batch."""
+    g = torch.Generator().manual_seed(0)
+    z1, z2, scores = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), torch.randn(8, 3, generator=g)
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, _free_port(), z1, z2, scores, out), nprocs=2, join=True)
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    loss = simcse_loss(a, b, 0.1)
+    loss.backward()
+    torch.testing.assert_close((out[0][0] + out[1][0]) / 2, loss.detach())      # mean of the ranks' losses
+    torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, a.grad)    # each rank's grad, as DDP averages it
+    torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]) / 2, b.grad)    # ... through the gathered negatives too
+    torch.testing.assert_close(torch.cat([out[0][3], out[1][3]]), sinkhorn(scores, 0.05, 3))
+
+
+def test_swav_is_invariant_to_scale_and_needs_its_prototypes():
+    g = torch.Generator().manual_seed(1)
+    a, b, c = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g)
+    torch.testing.assert_close(swav_loss(a, b, c), swav_loss(5 * a, b, 2 * c))
+    view = PairOutput(torch.zeros(2), torch.zeros(2), torch.zeros(2, 4), torch.ones(2, 4))
+    view.views = (view, view)
+    with pytest.raises(RuntimeError, match="prepare_model"):
+        replace(CONTRASTIVE["swav"]).contrastive_loss(view)
+    with pytest.raises(ValueError, match="method="):
+        Contrastive("moco")
+
+
+@pytest.fixture(scope="module")
+def small():
+    tok = make_tokenizer()
+    w = make_world(WorldConfig(n_train=200, n_validation=64, n_test=10))
+    return tok, tokenize_pairs(w["train"], tok, max_length=64), tokenize_pairs(w["validation"], tok, max_length=64)
+
+
+def test_swav_training_moves_the_prototypes_and_saves_them(small, tmp_path):
+    tok, tr, va = small
+    model = make_reward_model("tiny", tok, seed=0)
+    init = add_prototypes(model, 20, seed=3).weight.detach().clone()
+    res = train_reward_model(model, tok, tr, va, TrainConfig(max_steps=5, lr=3e-3, progress=False),
+                             loss_fn=replace(CONTRASTIVE["swav-diff"], seed=3), out_dir=tmp_path / "run")
+    trained = res.model.prototypes.weight.detach()
+    assert not torch.allclose(trained, init)                                    # the optimiser trained them
+    back, _ = load_reward_model(tmp_path / "run" / "model")
+    torch.testing.assert_close(back.prototypes.weight, trained)
+
+
+def test_same_seed_same_numbers(small):
+    tok, tr, va = small
+    runs = [train_reward_model(make_reward_model("tiny", tok, seed=0), tok, tr, va,
+                               TrainConfig(max_steps=4, lr=3e-3, progress=False), loss_fn=replace(CONTRASTIVE["simcse"]))
+            for _ in range(2)]
+    assert runs[0].metrics == runs[1].metrics
+
+
+def test_contrastive_train_rm_under_accelerate_with_two_processes(tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    subprocess.run(["rmsecrets", "world", "--out", str(tmp_path / "w"), "--n-train", "200", "--n-validation", "40",
+                    "--n-test", "10", "--n-demonstrations", "10", "--n-prompts", "10"], check=True, capture_output=True, env=env)
+    for variant in ("simcse", "swav"):
+        run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli",
+                              "train-rm", "--data", str(tmp_path / "w"), "--out", str(tmp_path / variant), "--max-steps", "3",
+                              "--max-length", "64", "--progress", "false", "--contrastive", variant],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        m = json.loads((tmp_path / variant / "metrics.json").read_text())
+        assert m["num_processes"] == 2 and m["steps"] == 3 and m["eval"]["n"] == 40
