@@ -1,0 +1,90 @@
+"""PPO-max pieces against hand computations, and the sft → train-rm → ppo command line end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rmsecrets.policy import reward_spread
+from rmsecrets.ppo import RunningMoments, gae, policy_loss, token_rewards, value_loss, whiten
+
+
+def test_gae_by_hand_with_discount():
+    r, v, m = torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[0.5, 1.0, 1.5]]), torch.ones(1, 3)
+    g, l = 0.9, 0.8
+    d = [1 + g * 1.0 - 0.5, 0 + g * 1.5 - 1.0, 2 - 1.5]                   # δ_t, V after the end = 0
+    a2 = d[2]; a1 = d[1] + g * l * a2; a0 = d[0] + g * l * a1
+    adv, ret = gae(r, v, m, g, l)
+    torch.testing.assert_close(adv, torch.tensor([[a0, a1, a2]]))
+    torch.testing.assert_close(ret, adv + v)
+
+
+def test_gae_ignores_padding_and_lambda_one_is_monte_carlo():
+    r = torch.tensor([[0.0, 1.0, 5.0], [2.0, 0.0, 0.0]]); m = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    v = torch.tensor([[0.3, 0.1, 7.0], [0.4, 9.0, 9.0]])
+    adv, ret = gae(r, v, m, 1.0, 1.0)
+    torch.testing.assert_close(ret, torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0]]))   # the sum of future rewards
+
+
+def test_kl_penalty_per_token_and_score_at_the_last_token():
+    lp = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]]); ref = torch.full((2, 3), -1.5)
+    m = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    r, kl = token_rewards(torch.tensor([1.0, -1.0]), lp, ref, m, kl_coef=0.2)
+    torch.testing.assert_close(kl, torch.tensor([[0.5, 0.5, 0.5], [-0.5, 0.0, 0.0]]))
+    torch.testing.assert_close(r, torch.tensor([[-0.1, -0.1, -0.1 + 1.0], [0.1 - 1.0, 0.0, 0.0]]))
+
+
+def test_value_clipping_and_policy_clipping():
+    one = torch.ones(1, 1)
+    assert value_loss(torch.tensor([[0.1]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), one).item() == pytest.approx(0.5 * 0.81)
+    assert value_loss(torch.tensor([[0.9]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), one).item() == pytest.approx(0.5 * 0.64)
+    loss, frac = policy_loss(torch.log(torch.tensor([[0.5]])), torch.zeros(1, 1), torch.tensor([[-2.0]]), one, 0.2)
+    assert loss.item() == pytest.approx(0.8 * 2.0) and frac.item() == 1.0   # ρ = 0.5 clipped to 0.8 for A < 0
+
+
+def test_whitening_over_real_tokens_only():
+    x = torch.tensor([[1.0, 3.0, 100.0]]); m = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(whiten(x, m), torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-4, rtol=0)
+
+
+def test_running_moments_equal_the_whole_batch():
+    x = torch.tensor(np.random.default_rng(0).normal(2.0, 3.0, 500))
+    rm = RunningMoments()
+    for part in x.split(37): rm.update(part)
+    assert rm.mean == pytest.approx(x.mean().item()) and rm.std == pytest.approx(x.std(unbiased=False).item())
+
+
+def test_reward_spread():
+    assert reward_spread(np.array([1.0, 1.0, 1.0, 0.0, 2.0, 4.0]), 3) == pytest.approx((0 + (2 + 4 + 2) / 3) / 2)
+
+
+def test_sft_train_rm_ppo_from_the_command_line(tmp_path):
+    def run(*args):
+        out = subprocess.run(["rmsecrets", *args], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+    run("world", "--out", str(tmp_path / "w"), "--n-train", "200", "--n-validation", "40", "--n-test", "10",
+        "--n-demonstrations", "200", "--n-prompts", "40")
+    run("sft", "--data", str(tmp_path / "w"), "--out", str(tmp_path / "sft"), "--epochs", "1", "--progress", "false")
+    run("train-rm", "--data", str(tmp_path / "w"), "--out", str(tmp_path / "rm"), "--max-steps", "5", "--max-length", "64",
+        "--progress", "false")
+    run("ppo", "--policy", str(tmp_path / "sft" / "model"), "--reward-model", str(tmp_path / "rm" / "model"),
+        "--prompts", str(tmp_path / "w"), "--out", str(tmp_path / "ppo"), "--iterations", "2", "--critic-warmup", "1",
+        "--rollout-prompts", "8", "--eval-prompts", "4", "--eval-every", "0", "--progress", "false")
+    history = [json.loads(line) for line in (tmp_path / "ppo" / "history.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (tmp_path / "ppo" / "evals.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [1, 2] and history[0]["critic_only"] and not history[1]["critic_only"]
+    assert [e["iteration"] for e in evals] == [0, 2] and all(np.isfinite(e["gold"]) for e in evals)
+    assert (tmp_path / "ppo" / "policy" / "model.safetensors").exists()
+    # the same under accelerate with two CPU processes
+    ddp = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli",
+                          "ppo", "--policy", str(tmp_path / "sft" / "model"), "--reward-model", str(tmp_path / "rm" / "model"),
+                          "--prompts", str(tmp_path / "w"), "--out", str(tmp_path / "ddp"), "--iterations", "2",
+                          "--critic-warmup", "1", "--rollout-prompts", "4", "--eval-prompts", "4", "--eval-every", "0",
+                          "--progress", "false"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["num_processes"] == 2
