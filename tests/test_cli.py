@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 SMALL_WORLD = ["--n-train", "300", "--n-validation", "80", "--n-test", "80", "--n-demonstrations", "10", "--n-prompts", "10"]
@@ -31,12 +32,17 @@ def test_help_lists_every_stage():
 def test_demo_quick_writes_the_report(tmp_path):
     sh("rmsecrets", "demo", "--quick", "--quiet", "--out", str(tmp_path / "demo"))
     report = (tmp_path / "demo" / "report.md").read_text()
-    for png in ("world_label_noise.png", "rm_training.png"):
+    for png in ("world_label_noise.png", "rm_training.png", "label_tricks.png", "contrastive_features.png", "ppo.png"):
         assert (tmp_path / "demo" / png).stat().st_size > 5000 and f"]({png})" in report
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     rm = metrics["reward_model"]
     assert 0.5 < rm["accuracy_true"] <= 1 and 0.4 < rm["accuracy"] <= 1
     assert f"| truth | {rm['accuracy_true']:.3f}" in report       # the report shows the measured numbers
+    simcse = next(r for r in metrics["contrastive"]["summary"] if r["method"] == "simcse")
+    assert f"| simcse | {simcse['accuracy_true']:.3f} ± " in report
+    bt = metrics["ppo"]["summary"][0]
+    assert bt["name"] == "bt RM" and np.isfinite(bt["gold"]) and f"| bt RM | {bt['gold_start']:.2f} |" in report
+    assert (tmp_path / "demo" / "sft" / "model" / "model.safetensors").exists()
 
 
 def test_train_rm_same_seed_same_numbers_and_eval_rm_agrees(world, tmp_path):

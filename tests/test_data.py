@@ -1,5 +1,5 @@
 """rmsecrets.data without the notebook: real hh-rlhf sample, every format and source, bad input, tokenisation, collation."""
-import gzip, json, math, os, pickle, warnings
+import gzip, json, os, pickle, warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
