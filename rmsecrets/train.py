@@ -211,7 +211,7 @@ def _log(accelerator, out_dir, history, line, tracker=False):
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
-# %% ../nbs/03_training.ipynb #cb1c459e
+# %% ../nbs/03_training.ipynb #c4e3080c
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -238,7 +238,7 @@ def train_reward_model(
     if eval_ds is not None and "chosen_input_ids" not in eval_ds.column_names:
         eval_ds = tokenize_pairs(eval_ds, tokenizer, config.max_length)
     if hasattr(loss_fn, "prepare_model"): loss_fn.prepare_model(model)   # before the optimiser sees the parameters
-    views = getattr(loss_fn, "views", 1)
+    views, forward = getattr(loss_fn, "views", 1), getattr(loss_fn, "forward", None)
     numeric = [c for c in train_ds.column_names if c.endswith("_input_ids") or c in ("margin", "label_is_wrong")
                or c.startswith("strength_") or c.startswith("gold_")]
     sampler = EpochSampler(len(train_ds), config.seed)
@@ -282,7 +282,7 @@ def train_reward_model(
         skip = state["batches_in_epoch"]
         for batch in (acc.skip_first_batches(loader, skip) if skip else loader):
             with acc.accumulate(model):
-                loss = loss_fn(pair_forward(model, batch, views), batch)
+                loss = loss_fn(forward(model, batch) if forward else pair_forward(model, batch, views), batch)
                 bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
                 if bad > 0:   # every process stops together, naming the step
                     raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {state['step'] + 1}, epoch "

@@ -1,0 +1,60 @@
+"""MetaRM without the notebook: the difference loss, the meta-step, and MetaRM as a mode of the training loop."""
+import numpy as np
+import pytest
+import torch
+
+from rmsecrets.data import tokenize_pairs
+from rmsecrets.metarm import MetaRM, difference_loss, meta_parameters, ranking_accuracy
+from rmsecrets.model import encode_responses, make_reward_model
+from rmsecrets.train import TrainConfig, train_reward_model
+from rmsecrets.world import WorldConfig, make_demonstrations, make_tokenizer, make_world
+
+
+def test_difference_loss_formula():
+    r = torch.tensor([[0.5, -1.0, 2.0, 0.0]])
+    k, expected = 4, 0.0
+    for i in range(4):
+        for j in range(i + 1, 4): expected += torch.sigmoid((r[0, i] - r[0, j]).abs()).item()
+    assert difference_loss(r).item() == pytest.approx(2 / k ** 2 * expected)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = make_tokenizer()
+    demos = make_demonstrations(WorldConfig(n_demonstrations=20))
+    meta = encode_responses(tok, list(demos["prompt"]), list(demos["response"]), max_length=64)
+    pairs = tokenize_pairs(make_world(WorldConfig(n_train=96, n_validation=32, n_test=4))["train"], tok, 64)
+    return tok, meta, pairs
+
+
+def test_meta_step_moves_up_the_difference_loss(setup):
+    tok, meta, _ = setup
+    model = make_reward_model("tiny", tok, seed=0)
+    theta1, J0 = meta_parameters(model, meta["input_ids"], meta["attention_mask"], k=5, eta=1e-2)
+    from rmsecrets.metarm import rewards_at
+    J1 = difference_loss(rewards_at(model, theta1, meta["input_ids"], meta["attention_mask"]).view(-1, 5))
+    assert J1.item() > J0.item()                                   # one ascent step raises J
+    with pytest.raises(ValueError, match="order"):
+        meta_parameters(model, meta["input_ids"], meta["attention_mask"], k=5, eta=1e-2, order=3)
+
+
+def test_eta_zero_is_plain_training_in_the_loop(setup):
+    tok, meta, pairs = setup
+    cfg = TrainConfig(max_steps=3, lr=3e-3, progress=False)
+    plain = train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, pairs, cfg)
+    meta0 = train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, pairs, cfg,
+                               loss_fn=MetaRM(meta["input_ids"], meta["attention_mask"], k=5, eta=0.0))
+    assert meta0.metrics["loss"] == pytest.approx(plain.metrics["loss"], rel=1e-5)
+    stepped = train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, pairs, cfg,
+                                 loss_fn=MetaRM(meta["input_ids"], meta["attention_mask"], k=5, eta=1.0))
+    assert stepped.metrics["loss"] != pytest.approx(plain.metrics["loss"], rel=1e-5)
+
+
+def test_meta_rows_must_be_whole_prompts(setup):
+    _, meta, _ = setup
+    with pytest.raises(ValueError, match="multiple of k"):
+        MetaRM(meta["input_ids"][:7], meta["attention_mask"][:7], k=5)
+
+
+def test_ranking_accuracy_leaves_ties_out():
+    assert ranking_accuracy(np.array([0.0, 1.0, 2.0, 5.0, 4.0, 3.0]), np.array([1.0, 1.0, 2.0, 1.0, 2.0, 3.0]), 3) == pytest.approx(2 / 5)
