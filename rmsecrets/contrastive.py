@@ -142,7 +142,7 @@ def swav_loss(z1: torch.Tensor,  # [N, H] first view of N instances
     return -0.5 * ((q2 * F.log_softmax(s1 / temperature, -1)).sum(-1)
                    + (q1 * F.log_softmax(s2 / temperature, -1)).sum(-1)).mean()
 
-# %% ../nbs/06_contrastive.ipynb #03cee128
+# %% ../nbs/06_contrastive.ipynb #de029390
 METHODS = ("simcse", "swav")
 
 @dataclass
@@ -183,6 +183,7 @@ class Contrastive:
         return swav_loss(z1, z2, self._prototypes.weight, self.temperature, self.epsilon, self.sinkhorn_iters)
 
     def __call__(self, out: PairOutput, batch: dict) -> torch.Tensor:
+        """½ (base loss on view 1 + on view 2) + β · L_cl."""
         if len(out.views) != 2:
             raise ValueError("Contrastive needs two views of the batch: pair_forward(model, batch, views=2) "
                              "(train_reward_model does this when the loss has views = 2)")

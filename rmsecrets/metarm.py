@@ -45,7 +45,7 @@ def meta_parameters(model: nn.Module,
     return {n: p if g is None else p + eta * (g if order == 2 else g.detach())
             for (n, p), g in zip(params.items(), grads)}, J.detach()
 
-# %% ../nbs/09_metarm.ipynb #fc255c53
+# %% ../nbs/09_metarm.ipynb #2b8ad58b
 @dataclass
 class MetaRM:
     """Algorithm 1 of the paper as a `LossFn` with its own forward: the base loss at θ' = θ + η ∇J(X_s)."""
@@ -63,6 +63,7 @@ class MetaRM:
         self._rng, self.last_J = np.random.default_rng(self.seed), float("nan")
 
     def prepare(self, ds):
+        """The training pairs of the base loss (flipped, for a flipping label trick)."""
         return self.base.prepare(ds) if hasattr(self.base, "prepare") else ds
 
     def forward(self, model: nn.Module, batch: dict) -> PairOutput:
@@ -79,6 +80,7 @@ class MetaRM:
         return PairOutput(r[:b], r[b:], None, None)
 
     def __call__(self, out: PairOutput, batch: dict) -> torch.Tensor:
+        """The base loss of the pairs scored at θ' (gradients reach θ through θ')."""
         return self.base(out, batch)
 
 def meta_batch(samples, tokenizer, max_length: int = 128) -> dict:

@@ -100,8 +100,9 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)            # V_old + clip(V − V_old)
     return 0.5 * masked_mean(torch.max(err, (clipped - returns) ** 2), mask)
 
-# %% ../nbs/08_ppo.ipynb #5f88fac8
+# %% ../nbs/08_ppo.ipynb #c9b86652
 def _sequences(s: Samples, pad_id: int):
+    """input_ids, attention_mask and position_ids [N, Tp + Tr] of prompt ⊕ response, positions counting real tokens."""
     ids = torch.cat([s.prompt_ids, s.response_ids], 1)                                    # [N, Tp + Tr]
     mask = torch.cat([(s.prompt_ids != pad_id).long(), s.response_mask], 1)
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
@@ -165,7 +166,7 @@ class PPOResult:
     history: list                 # one dict per iteration: rewards, KL, losses, time per phase
     evals: list                   # one dict per evaluation: gold, proxy, KL, spread
 
-# %% ../nbs/08_ppo.ipynb #f3bac566
+# %% ../nbs/08_ppo.ipynb #5ade36e8
 @torch.no_grad()
 def evaluate_policy(policy, ref_policy, reward_model, rm_tokenizer, tokenizer, prompts: list, config: PPOConfig,
                     gold_fn=gold_scores,  # Samples -> [N] gold rewards (None: no gold, e.g. for real prompts)
@@ -293,13 +294,16 @@ def ppo(policy,  # the SFT policy (trained in place)
     return PPOResult(policy, critic, history, evals)
 
 def _select(s: Samples, idx: torch.Tensor) -> Samples:
+    """The rows `idx` of a Samples (a PPO mini-batch)."""
     return Samples([s.prompts[i] for i in idx], [s.responses[i] for i in idx], s.prompt_ids[idx], s.response_ids[idx],
                    s.response_mask[idx], s.k)
 
 def _cycle(loader):
+    """Batches of `loader` forever (the ptx demonstrations)."""
     while True: yield from loader
 
 def _append(out_dir, name, row, acc):
+    """Append one JSON line to out_dir/name on the main process."""
     if out_dir is not None and acc.is_main_process:
         with open(out_dir / name, "a") as f: f.write(json.dumps(row) + "\n")
 
