@@ -7,7 +7,7 @@ __all__ = ['LossFn', 'PairOutput', 'pair_forward', 'bt_loss', 'bradley_terry', '
            'score_pairs', 'evaluate', 'TrainConfig', 'EpochSampler', 'save_checkpoint', 'latest_checkpoint',
            'NonFiniteLossError', 'TrainResult', 'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
 
-# %% ../nbs/03_training.ipynb #d3dfd279
+# %% ../nbs/03_training.ipynb #c769ef2e
 import json
 import math
 import shutil
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -190,7 +190,7 @@ def latest_checkpoint(out_dir: Path | None) -> Path | None:
     done = sorted(p for p in (Path(out_dir) / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists())
     return done[-1] if done else None
 
-# %% ../nbs/03_training.ipynb #66afae83
+# %% ../nbs/03_training.ipynb #a5535bde
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -205,13 +205,21 @@ def _resolve_precision(mp: str) -> str:
     if mp != "auto": return mp
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
+def _average_gradients(model, accelerator) -> None:
+    """All-reduce (mean) every gradient across processes: what DDP does for a forward it did not see."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= accelerator.num_processes
+    for g, new in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(new.view_as(g))
+
 def _log(accelerator, out_dir, history, line, tracker=False):
     history.append(line)
     if accelerator.is_main_process and out_dir is not None:
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
-# %% ../nbs/03_training.ipynb #c4e3080c
+# %% ../nbs/03_training.ipynb #d633909f
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -248,9 +256,14 @@ def train_reward_model(
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.grad_accum))  # accelerate steps on a short last group too
     total = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = get_scheduler(config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total),
-                          num_training_steps=total)
+    n = acc.num_processes   # accelerate's prepared scheduler steps n times per optimiser step (one per process's batch)
+    sched = get_scheduler(config.schedule, opt, num_warmup_steps=int(config.warmup_ratio * total) * n,
+                          num_training_steps=total * n)
+    if forward is not None and acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                            DistributedType.MULTI_CPU, DistributedType.MULTI_XPU):
+        raise ValueError(f"a loss with its own forward (MetaRM) runs on one process or under DDP, not {acc.distributed_type}")
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    bare = acc.unwrap_model(model)                                   # what a loss with its own forward is handed
     if config.report_to != "none": acc.init_trackers("rmsecrets")
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "history": [], "loss_ema": None}
@@ -282,13 +295,14 @@ def train_reward_model(
         skip = state["batches_in_epoch"]
         for batch in (acc.skip_first_batches(loader, skip) if skip else loader):
             with acc.accumulate(model):
-                loss = loss_fn(forward(model, batch) if forward else pair_forward(model, batch, views), batch)
+                loss = loss_fn(forward(bare, batch) if forward else pair_forward(model, batch, views), batch)
                 bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
                 if bad > 0:   # every process stops together, naming the step
                     raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {state['step'] + 1}, epoch "
                                              f"{state['epoch']}; last checkpoint: {latest_checkpoint(out_dir)}")
                 micro_losses.append(loss.detach().float())
                 acc.backward(loss)
+                if forward and acc.num_processes > 1 and acc.sync_gradients: _average_gradients(bare, acc)
                 grad_norm = acc.clip_grad_norm_(model.parameters(), config.max_grad_norm) if acc.sync_gradients else None
                 opt.step(); sched.step(); opt.zero_grad()
             state["batches_in_epoch"] += 1

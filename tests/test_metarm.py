@@ -58,3 +58,45 @@ def test_meta_rows_must_be_whole_prompts(setup):
 
 def test_ranking_accuracy_leaves_ties_out():
     assert ranking_accuracy(np.array([0.0, 1.0, 2.0, 5.0, 4.0, 3.0]), np.array([1.0, 1.0, 2.0, 1.0, 2.0, 3.0]), 3) == pytest.approx(2 / 5)
+
+
+DDP_SCRIPT = '''
+import sys, torch
+from accelerate import Accelerator
+from rmsecrets.data import tokenize_pairs
+from rmsecrets.metarm import MetaRM
+from rmsecrets.model import encode_responses, make_reward_model
+from rmsecrets.train import TrainConfig, train_reward_model
+from rmsecrets.world import WorldConfig, make_demonstrations, make_tokenizer, make_world
+out, batch_size = sys.argv[1], int(sys.argv[2])
+tok = make_tokenizer()
+demos = make_demonstrations(WorldConfig(n_demonstrations=20))
+meta = encode_responses(tok, list(demos["prompt"]), list(demos["response"]), max_length=64)
+pairs = tokenize_pairs(make_world(WorldConfig(n_train=48, n_validation=4, n_test=4))["train"], tok, 64)
+acc = Accelerator()
+loss = MetaRM(meta["input_ids"], meta["attention_mask"], k=5, eta=0.5, prompts_per_step=2)
+m = train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, loss_fn=loss, accelerator=acc,
+                       config=TrainConfig(batch_size=batch_size, max_steps=3, lr=1e-3, max_length=64, progress=False)).model
+torch.save({n: p.detach().clone() for n, p in m.named_parameters()}, f"{out}/rank{acc.process_index}_of_{acc.num_processes}.pt")
+'''
+
+
+def test_metarm_under_two_processes_equals_one_process_on_the_global_batch(tmp_path):
+    """DDP does not see MetaRM's forward, so the loop averages its gradients: 2 × 8 pairs must train as 1 × 16."""
+    import subprocess, sys, os
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    for args in (["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", str(tmp_path / "ddp.py"), str(tmp_path), "8"],
+                 [str(tmp_path / "ddp.py"), str(tmp_path), "16"]):
+        run = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+    r0, r1, one = (torch.load(tmp_path / f, weights_only=True) for f in ("rank0_of_2.pt", "rank1_of_2.pt", "rank0_of_1.pt"))
+    start = make_reward_model("tiny", make_tokenizer(), seed=0).state_dict()
+    assert any(not torch.equal(one[n], start[n]) for n in one)                 # it trained
+    moved = max((one[n] - start[n]).abs().max().item() for n in one)
+    for n in one:
+        assert torch.equal(r0[n], r1[n]), n                                       # both ranks hold the same model
+        # ... the one-process model, up to float summation order (Adam's first steps magnify it on tiny gradients);
+        # a wrong average or a schedule run twice as fast (accelerate steps it once per process) is 10-100× this
+        assert (r0[n] - one[n]).abs().max().item() < 0.02 * moved, n
