@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PAPER_STRENGTH', 'DEMO_PPO', 'add_config_args', 'config_from_args', 'cmd_world', 'resolve_loss', 'resolve_pairs',
            'resolve_tokenizer', 'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo',
-           'Report', 'table', 'cmd_demo', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'demo_ppo',
-           'add_data_args', 'build_parser', 'run', 'main']
+           'cmd_metarm', 'cmd_iterate', 'Report', 'table', 'cmd_demo', 'demo_strength', 'demo_label_tricks',
+           'demo_contrastive', 'demo_ppo', 'add_data_args', 'build_parser', 'run', 'main']
 
 # %% ../nbs/12_cli.ipynb #0e63d2a3
 import argparse
@@ -21,30 +21,33 @@ from pathlib import Path
 
 from .world import WorldConfig, load_world, make_world, save_world
 
-# %% ../nbs/12_cli.ipynb #c2aad328
+# %% ../nbs/12_cli.ipynb #46c65579
 def add_config_args(parser: argparse.ArgumentParser, config_cls,
                     defaults=None,  # an instance of `config_cls` whose values become the flags' defaults
                     skip: tuple = (),  # fields that get no flag (their default is kept)
+                    prefix: str = "",  # e.g. "ppo-": flags --ppo-lr ... for a config nested in another
                     ) -> None:
     """Add one `--kebab-case` flag per field of the dataclass `config_cls`, with its default."""
     for f in dataclasses.fields(config_cls):
-        if f.name in skip or dataclasses.is_dataclass(f.type) or f.name == "train": continue
+        if f.name in skip or f.name == "train": continue
         default = getattr(defaults, f.name) if defaults is not None else (
             f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        flag = "--" + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(default): continue                  # nested configs get their own prefixed flags
+        flag, dest = "--" + prefix + f.name.replace("_", "-"), (prefix + f.name).replace("-", "_")
         if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default,
+            parser.add_argument(flag, dest=dest, type=lambda s: s.lower() in ("1", "true", "yes"), default=default,
                                 metavar="BOOL", help=f"default: {default}")
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=lambda s: tuple(x for x in s.split(",") if x), default=default,
+            parser.add_argument(flag, dest=dest, type=lambda s: tuple(x for x in s.split(",") if x), default=default,
                                 metavar="A,B,...", help=f"default: {','.join(map(str, default))}")
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"default: {default}")
+            parser.add_argument(flag, dest=dest, type=type(default), default=default, help=f"default: {default}")
 
-def config_from_args(args: argparse.Namespace, config_cls, **fixed):
+def config_from_args(args: argparse.Namespace, config_cls, prefix: str = "", **fixed):
     """The dataclass `config_cls` filled from parsed flags (and `fixed` values for fields without a flag)."""
-    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)
-                         and f.name not in fixed}, **fixed)
+    dest = lambda name: (prefix + name).replace("-", "_")
+    return config_cls(**{f.name: getattr(args, dest(f.name)) for f in dataclasses.fields(config_cls)
+                         if hasattr(args, dest(f.name)) and f.name not in fixed}, **fixed)
 
 # %% ../nbs/12_cli.ipynb #f5d16ef1
 def cmd_world(args: argparse.Namespace) -> dict:
@@ -59,7 +62,7 @@ def cmd_world(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=2))
     return summary
 
-# %% ../nbs/12_cli.ipynb #93132aa7
+# %% ../nbs/12_cli.ipynb #b7c8544e
 def resolve_loss(args: argparse.Namespace):
     """The `LabelTrick` named by `--loss`, with the smoothing, flipping and margin flags applied."""
     from rmsecrets.losses import LABEL_TRICKS
@@ -90,9 +93,13 @@ def resolve_tokenizer(explicit: str | None, world_tokenizer: Path | None, backbo
     if source is None: raise SystemExit(f"the preset {backbone!r} needs a tokenizer: pass --tokenizer or a world folder as --data")
     return AutoTokenizer.from_pretrained(str(source))
 
-def _main_process() -> bool:
+def _state():
+    """accelerate's process state (a bare `PartialState()` made first would miss `accelerate launch`'s CPU flag)."""
     from accelerate import PartialState
-    return PartialState().is_main_process
+    from accelerate.utils import parse_flag_from_env
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+def _main_process() -> bool: return _state().is_main_process
 
 # %% ../nbs/12_cli.ipynb #7138f2bc
 def cmd_train_rm(args: argparse.Namespace) -> dict:
@@ -182,7 +189,7 @@ def resolve_voter(name: str):
     if name not in VOTERS: raise SystemExit(f"unknown --voter {name!r}; choose one of {sorted({'full', *VOTERS})}")
     return VOTERS[name]
 
-# %% ../nbs/12_cli.ipynb #a4146678
+# %% ../nbs/12_cli.ipynb #cf6d7d61
 def _table_or_world(data: str, part: str, columns: tuple):
     """A world folder's `part` (demonstrations or prompts), or a datasets-readable file/folder with `columns`."""
     from datasets import load_dataset, load_from_disk
@@ -221,6 +228,82 @@ def cmd_ppo(args: argparse.Namespace) -> dict:
                  out_dir=args.out, gold_fn=gold_scores if is_world else None)
     summary = {"out": str(args.out), "first": result.evals[0], "last": result.evals[-1]}
     if _main_process(): print(json.dumps(summary, indent=2))
+    return summary
+
+def _meta_set(policy, tokenizer, prompts: list, args, out: Path):
+    """The meta set: the main process samples k responses per prompt and writes meta_samples.jsonl; every process reads it."""
+    import numpy as np, torch
+    from rmsecrets.policy import sample
+    state, path = _state(), out / "meta_samples.jsonl"
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        chosen = np.random.default_rng(args.seed).choice(len(prompts), min(args.meta_prompts, len(prompts)), replace=False)
+        torch.manual_seed(args.seed)
+        s = sample(policy, tokenizer, [prompts[i] for i in chosen], k=args.k, temperature=args.meta_temperature)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in zip(s.prompts, s.responses)))
+        tmp.replace(path)
+    state.wait_for_everyone()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r["prompt"] for r in rows], [r["response"] for r in rows]
+
+def cmd_metarm(args: argparse.Namespace) -> dict:
+    """Update a reward model with MetaRM on a policy's samples; write it with metrics.json to `--out` (runs under DDP)."""
+    from rmsecrets.metarm import MetaRM
+    from rmsecrets.model import encode_responses, load_reward_model
+    from rmsecrets.policy import load_policy
+    from rmsecrets.train import TrainConfig, train_reward_model
+    from rmsecrets.data import tokenize_pairs
+    config = config_from_args(args, TrainConfig)
+    out = Path(args.out)
+    reward_model, tokenizer = load_reward_model(args.reward_model)
+    policy, policy_tokenizer = load_policy(args.policy)
+    prompts, _, _ = _table_or_world(args.prompts or args.data, "prompts", ("prompt",))
+    meta_prompts, meta_responses = _meta_set(policy, policy_tokenizer, list(prompts["prompt"]), args, out)
+    meta = encode_responses(tokenizer, meta_prompts, meta_responses, max_length=config.max_length)
+    loss = MetaRM(meta["input_ids"], meta["attention_mask"], k=args.k, eta=args.eta, order=args.order,
+                  prompts_per_step=args.prompts_per_step, base=resolve_loss(args), seed=args.seed)
+    train = loss.prepare(resolve_pairs(args.data, args.split, args.errors)[0])
+    evaluation = resolve_pairs(args.eval_data or args.data, args.eval_split, args.errors)[0] if args.eval_split else None
+    tok = lambda ds: tokenize_pairs(ds, tokenizer, config.max_length, errors=args.errors)
+    result = train_reward_model(reward_model.train(), tokenizer, tok(train), tok(evaluation) if evaluation is not None else None,
+                                config, loss, out_dir=out)
+    summary = {"out": str(out), "meta_samples": len(meta_responses), "eta": args.eta, "order": args.order,
+               "train_pairs": len(train), "eval": result.metrics, "last_J": loss.last_J}
+    if _main_process(): print(json.dumps(summary, indent=2))
+    return summary
+
+def cmd_iterate(args: argparse.Namespace) -> dict:
+    """Iterative RLHF: R rounds of meta set → reward-model update → PPO; rounds.json and every round's models in `--out`."""
+    from rmsecrets.data import tokenize_pairs
+    from rmsecrets.iterative import IterativeConfig, iterate
+    from rmsecrets.model import load_reward_model
+    from rmsecrets.policy import gold_scores, load_policy
+    from rmsecrets.ppo import PPOConfig
+    from rmsecrets.train import TrainConfig
+    if _state().num_processes > 1:
+        raise SystemExit("iterate drives one process; for several, run its stages per round: "
+                         "`accelerate launch -m rmsecrets.cli metarm ...` then `... ppo ...`")
+    rm_config, ppo_config = config_from_args(args, TrainConfig, prefix="rm_"), config_from_args(args, PPOConfig, prefix="ppo_")
+    config = config_from_args(args, IterativeConfig, rm=rm_config, ppo=ppo_config)
+    policy, tokenizer = load_policy(args.policy)
+    reward_model, rm_tokenizer = load_reward_model(args.reward_model)
+    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise SystemExit("iterate needs the policy and the reward model to share a tokenizer (the meta set is scored as sampled)")
+    prompts, _, is_world = _table_or_world(args.prompts or args.data, "prompts", ("prompt",))
+    prompts = list(prompts["prompt"])
+    n_eval = config.ppo.eval_prompts
+    if len(prompts) <= n_eval: raise SystemExit(f"{len(prompts)} prompts: need more than --ppo-eval-prompts {n_eval}")
+    pairs = tokenize_pairs(resolve_pairs(args.data, args.split, args.errors)[0], rm_tokenizer, rm_config.max_length,
+                           errors=args.errors)
+    valid = (tokenize_pairs(resolve_pairs(args.data, args.eval_split, args.errors)[0], rm_tokenizer, rm_config.max_length,
+                            errors=args.errors) if args.eval_split else None)
+    meta = list(_table_or_world(args.meta_data, "prompts", ("prompt",))[0]["prompt"]) if args.meta_data else None
+    result = iterate(policy, reward_model.train(), tokenizer, pairs, prompts[:-n_eval], config, eval_prompts=prompts[-n_eval:],
+                     meta_prompts=meta, valid=valid, gold_fn=gold_scores if is_world else None, out_dir=args.out)
+    summary = {"out": str(args.out), "rm_update": config.rm_update, "rounds": result.rounds}
+    _write_json(Path(args.out) / "rounds.json", summary)
+    print(json.dumps([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in result.rounds], indent=2))
     return summary
 
 # %% ../nbs/12_cli.ipynb #9e8d5578
@@ -484,7 +567,7 @@ def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Pat
     report.figure(fig, "ppo", "PPO-max: gold and proxy reward, KL to the SFT policy, and the reward spread among samples")
     return {"summary": summary, "verdict": verdict}
 
-# %% ../nbs/12_cli.ipynb #7c02f3ab
+# %% ../nbs/12_cli.ipynb #6c177318
 def add_data_args(parser: argparse.ArgumentParser, split: str, tokenizer: bool = True) -> None:
     """The flags of every stage that reads preference pairs."""
     parser.add_argument("--data", required=True, help="a world folder, a data file or folder, or a hub name")
@@ -556,6 +639,38 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--out", required=True, help="folder for history.jsonl, evals.jsonl, metrics.json, policy/")
     add_config_args(pp, PPOConfig)
     pp.set_defaults(func=cmd_ppo)
+
+    from rmsecrets.iterative import IterativeConfig
+    def add_meta_args(p):
+        p.add_argument("--policy", required=True, help="the policy whose samples form the meta set (from `sft` or `ppo`)")
+        p.add_argument("--reward-model", required=True, help="the reward model to update (from `train-rm`)")
+        p.add_argument("--prompts", default=None, help="a world folder or a file with a prompt column (default: --data); "
+                       + ("the meta set's prompts" if p.prog.endswith("metarm") else
+                          "PPO's and the meta set's, the last --ppo-eval-prompts held out for the measurements"))
+        p.add_argument("--eval-split", default="validation", help="pairs to evaluate on ('' for none)")
+    mr = sub.add_parser("metarm", help="update a reward model with MetaRM on a policy's samples (runs under accelerate launch)")
+    add_data_args(mr, split="train", tokenizer=False)
+    add_meta_args(mr)
+    mr.add_argument("--eval-data", default=None, help="pairs to evaluate on (default: --data)")
+    mr.add_argument("--loss", default="bt", help="the loss at θ′: bt or a label trick of 05_label_tricks")
+    for flag, default in (("--alpha", 0.1), ("--flip-fraction", 0.1), ("--margin-scale", 1.0)):
+        mr.add_argument(flag, type=float, default=default, help=f"as in train-rm (default: {default})")
+    mr.add_argument("--margin-clip", type=float, default=None, help="as in train-rm")
+    mr.add_argument("--prompts-per-step", type=int, default=8, help="prompts in each meta batch X_s")
+    mr.add_argument("--out", required=True, help="folder for meta_samples.jsonl, model/, metrics.json")
+    add_config_args(mr, IterativeConfig, skip=("rounds", "rm_update", "seed"))
+    add_config_args(mr, TrainConfig)
+    mr.set_defaults(func=cmd_metarm)
+
+    it = sub.add_parser("iterate", help="iterative RLHF: rounds of meta set → reward-model update (MetaRM) → PPO")
+    add_data_args(it, split="train", tokenizer=False)
+    add_meta_args(it)
+    it.add_argument("--meta-data", default=None, help="another prompt set for the meta set only (a shifted domain)")
+    it.add_argument("--out", required=True, help="folder for round_r/{reward_model, ppo, round.json} and rounds.json; a rerun resumes")
+    add_config_args(it, IterativeConfig)
+    add_config_args(it, TrainConfig, defaults=IterativeConfig().rm, prefix="rm-", skip=("seed",))   # seeded per round
+    add_config_args(it, PPOConfig, defaults=IterativeConfig().ppo, prefix="ppo-", skip=("seed",))
+    it.set_defaults(func=cmd_iterate)
 
     demo = sub.add_parser("demo", help="run the paper on the world and write report.md with plots (the main job)")
     demo.add_argument("--out", default="demo", help="folder for the report, plots and every stage's artefacts")
