@@ -6,7 +6,7 @@
 __all__ = ['PAPER_STRENGTH', 'DEMO_PPO', 'add_config_args', 'config_from_args', 'cmd_world', 'resolve_loss', 'resolve_pairs',
            'resolve_tokenizer', 'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo',
            'cmd_metarm', 'cmd_iterate', 'Report', 'table', 'cmd_demo', 'demo_strength', 'demo_label_tricks',
-           'demo_contrastive', 'demo_ppo', 'add_data_args', 'build_parser', 'run', 'main']
+           'demo_contrastive', 'demo_ppo', 'demo_iterative', 'add_data_args', 'build_parser', 'run', 'main']
 
 # %% ../nbs/12_cli.ipynb #0e63d2a3
 import argparse
@@ -332,7 +332,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
                       ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows])
 
-# %% ../nbs/12_cli.ipynb #9e2e8801
+# %% ../nbs/12_cli.ipynb #6cf6c95f
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Run every stage on the world and write report.md with plots to `--out`."""
     import matplotlib
@@ -394,17 +394,22 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     stages["contrastive"] = round(time.time() - t0 - sum(stages.values()), 1)
     # 6. the policy: SFT and PPO-max on the baseline and a denoised reward model
     policy = demo_ppo(report, world, result.model, strength["annotated"], va, tok, out, args)
+    sft = policy.pop("sft")
 
     stages["policy"] = round(time.time() - t0 - sum(stages.values()), 1)
+    # 7. iterative RLHF: MetaRM against the same rounds with a plain reward-model update
+    rounds = demo_iterative(report, world, result.model, sft, tr, va, tok, args)
+
+    stages["iterative"] = round(time.time() - t0 - sum(stages.values()), 1)
     summary = {"world": {k: len(v) for k, v in world["preferences"].items()}, "reward_model": metrics,
                "strength": {k: v for k, v in strength.items() if k != "annotated"}, "label_tricks": tricks,
-               "contrastive": contrastive, "ppo": policy, "seconds": round(time.time() - t0, 1), "stage_seconds": stages}
+               "contrastive": contrastive, "ppo": policy, "iterative": rounds, "seconds": round(time.time() - t0, 1), "stage_seconds": stages}
     report.add(f"Total time: {summary['seconds']} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ").")
     _write_json(out / "metrics.json", summary)
     print(f"report: {report.write()}")
     return summary
 
-# %% ../nbs/12_cli.ipynb #73f1b124
+# %% ../nbs/12_cli.ipynb #d2fd3e46
 PAPER_STRENGTH = {"share_negative": 0.25, "agreement_weakest": 0.164, "agreement_near_zero": 0.544,
                   "agreement_strongest": 0.956}  # hh-rlhf, §2.2–2.3 (agreement: GPT-4 with the label, 500 pairs each)
 
@@ -417,7 +422,9 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, args) -> 
     train = world["preferences"]["train"]
     config = StrengthConfig(n_voters=3 if args.quick else 10, seed=args.seed,
                             train=TrainConfig(epochs=1 if args.quick else 2, lr=2e-3, max_length=64, progress=False))
-    votes = {mode: vote(tr, tok, dataclasses.replace(config, mode=mode)) for mode in ("in_sample", "out_of_fold")}
+    oof_voters = config.n_voters if args.quick else config.n_voters // 2           # half the models: the demo's time budget
+    votes = {"in_sample": vote(tr, tok, dataclasses.replace(config, mode="in_sample")),
+             "out_of_fold": vote(tr, tok, dataclasses.replace(config, mode="out_of_fold", n_voters=oof_voters))}
     annotated = {mode: annotate(train, v) for mode, v in votes.items()}
     annotated["in_sample"].save_to_disk(str(out / "strength" / "annotated"))
     summaries = {mode: strength_summary(a) for mode, a in annotated.items()}
@@ -428,7 +435,7 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, args) -> 
     k = summaries["in_sample"]["n_extreme"]
     report.add(f"## 3. Preference strength\n\nM = {config.n_voters} tiny reward models differing only in data order and "
                f"seed (`StrengthConfig(n_voters={config.n_voters}, seed={config.seed})`), {config.train.epochs} epochs each; "
-               f"in-sample {votes['in_sample'].seconds:.0f} s, out-of-fold (k = {config.folds}) "
+               f"in-sample {votes['in_sample'].seconds:.0f} s, out-of-fold (k = {config.folds}, M = {oof_voters}) "
                f"{votes['out_of_fold'].seconds:.0f} s. Agreement = share of labels that are right among the {k} weakest, "
                f"the {k} nearest zero and the {k} strongest pairs (the paper asks GPT-4 about 500 each).\n\n" + table(rows))
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2)); plot_strength(annotated["in_sample"], axes=axes)
@@ -520,7 +527,7 @@ def demo_contrastive(report: Report, train, valid, tok, args) -> dict:
     report.figure(fig, "contrastive_features", "2-D PCA of the validation responses' features, better and worse by the truth")
     return {"summary": summary, "best": best["method"]}
 
-# %% ../nbs/12_cli.ipynb #e0fb6282
+# %% ../nbs/12_cli.ipynb #2f0b68df
 DEMO_PPO = dict(lr=1e-4, kl_coef=0.2)   # the world's PPO settings: β = 0.2 (08_ppo's sweep: 0.05 over-optimises a tiny RM)
 
 def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Path, args) -> dict:
@@ -565,7 +572,56 @@ def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Pat
                "cannot see.")
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.3)); plot_ppo(runs, axes); plt.tight_layout()
     report.figure(fig, "ppo", "PPO-max: gold and proxy reward, KL to the SFT policy, and the reward spread among samples")
-    return {"summary": summary, "verdict": verdict}
+    return {"summary": summary, "verdict": verdict, "sft": sft}
+
+def _versus(a: dict, b: dict, key: str) -> str:
+    """'+0.12 ± 0.05' for a[key] − b[key], the std combining both seed spreads, and whether it exceeds it."""
+    d, sd = a[key] - b[key], (a[f"{key}_std"] ** 2 + b[f"{key}_std"] ** 2) ** 0.5
+    return f"{d:+.3f} (seed spread {sd:.3f}: {'beyond' if abs(d) > sd else 'within'} it)"
+
+def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, args) -> dict:
+    """Demo stage: rounds of meta set → reward-model update → PPO, MetaRM against a plain update, gold per round."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from rmsecrets.iterative import (IterativeConfig, compare_iterative, final_differences, plot_differences, plot_rounds,
+                                     summarise_rounds)
+    from rmsecrets.ppo import PPOConfig
+    from rmsecrets.train import TrainConfig
+    prompts = list(world["prompts"]["prompt"])
+    n_eval = 32 if args.quick else 64
+    train_prompts, eval_prompts = prompts[:-n_eval], prompts[-n_eval:]
+    config = IterativeConfig(rounds=2 if args.quick else 3, meta_prompts=16 if args.quick else 48,
+                             rm=TrainConfig(max_steps=4 if args.quick else 30, lr=1e-3, max_length=64, progress=False),
+                             ppo=PPOConfig(iterations=3 if args.quick else 15, critic_warmup=1 if args.quick else 3,
+                                           eval_every=0, eval_prompts=n_eval, progress=False, **DEMO_PPO))
+    seeds = tuple(args.seed + s for s in ((0,) if args.quick else (0, 1)))   # 10_iterative has three, and four rounds
+    runs = compare_iterative(sft, rm_bt, tok, tr, train_prompts, eval_prompts,
+                             {"MetaRM": {"rm_update": "metarm"}, "vanilla": {"rm_update": "vanilla"}}, seeds, config, valid=va)
+    summary = summarise_rounds(runs)
+    last = {r["update"]: r for r in summary if r["round"] == config.rounds}
+    report.add(f"## 7. Iterative RLHF with MetaRM\n\n{config.rounds} rounds from the stage-6 SFT policy and the stage-2 reward "
+               f"model, seeds {', '.join(map(str, seeds))}. Each round samples a meta set from the current policy "
+               f"({config.meta_prompts} prompts × {config.k}, temperature {config.meta_temperature}), updates the reward model "
+               f"for {config.rm.max_steps} steps on the pairs — with MetaRM (η = {config.eta}) or with the plain loss, the "
+               f"control — then runs {config.ppo.iterations} PPO iterations from the current policy. The reward model is "
+               f"measured after its update on {n_eval} held-out prompts × {config.k} samples of the current policy "
+               "(mean ± seed-to-seed std):\n\n" + table(
+                   [{"update": r["update"], "round": r["round"], "gold after the round": f"{r['gold']:.2f} ± {r['gold_std']:.2f}",
+                     "ranking vs gold": f"{r['ranking_vs_gold']:.3f} ± {r['ranking_vs_gold_std']:.3f}" if r["round"] else "",
+                     "normalised |Δr|": f"{r['normalised_spread']:.3f} ± {r['normalised_spread_std']:.3f}" if r["round"] else "",
+                     "validation accuracy": f"{r['validation_accuracy']:.3f} ± {r['validation_accuracy_std']:.3f}" if r["round"] else ""}
+                    for r in summary])
+               + f"\n\nAfter the last round, MetaRM minus the control: gold reward {_versus(last['MetaRM'], last['vanilla'], 'gold')}; "
+               f"ranking accuracy against gold on the policy's samples {_versus(last['MetaRM'], last['vanilla'], 'ranking_vs_gold')}; "
+               f"normalised |Δr| {_versus(last['MetaRM'], last['vanilla'], 'normalised_spread')}; validation accuracy "
+               f"{_versus(last['MetaRM'], last['vanilla'], 'validation_accuracy')}.")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.3))
+    plot_rounds(runs, a1)
+    plot_differences({name: np.concatenate([final_differences(r, tok, eval_prompts) for r in runs if r["name"] == name])
+                      for name in ("MetaRM", "vanilla")}, a2)
+    report.figure(fig, "iterative", "Gold reward after each round (0: SFT), and normalised |Δr| of the last reward model among "
+                  "the last policy's samples")
+    return {"summary": summary, "rounds": [{k: v for k, v in r.items() if k != "result"} for r in runs]}
 
 # %% ../nbs/12_cli.ipynb #6c177318
 def add_data_args(parser: argparse.ArgumentParser, split: str, tokenizer: bool = True) -> None:

@@ -32,7 +32,8 @@ def test_help_lists_every_stage():
 def test_demo_quick_writes_the_report(tmp_path):
     sh("rmsecrets", "demo", "--quick", "--quiet", "--out", str(tmp_path / "demo"))
     report = (tmp_path / "demo" / "report.md").read_text()
-    for png in ("world_label_noise.png", "rm_training.png", "label_tricks.png", "contrastive_features.png", "ppo.png"):
+    for png in ("world_label_noise.png", "rm_training.png", "label_tricks.png", "contrastive_features.png", "ppo.png",
+                "iterative.png"):
         assert (tmp_path / "demo" / png).stat().st_size > 5000 and f"]({png})" in report
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     rm = metrics["reward_model"]
@@ -43,6 +44,11 @@ def test_demo_quick_writes_the_report(tmp_path):
     bt = metrics["ppo"]["summary"][0]
     assert bt["name"] == "bt RM" and np.isfinite(bt["gold"]) and f"| bt RM | {bt['gold_start']:.2f} |" in report
     assert (tmp_path / "demo" / "sft" / "model" / "model.safetensors").exists()
+    rounds = metrics["iterative"]["summary"]
+    assert [(r["update"], r["round"]) for r in rounds] == [(u, i) for u in ("MetaRM", "vanilla") for i in (0, 1, 2)]
+    last = rounds[2]
+    assert f"| MetaRM | 2 | {last['gold']:.2f} ± {last['gold_std']:.2f} | {last['ranking_vs_gold']:.3f}" in report
+    assert set(metrics["stage_seconds"]) >= {"strength", "policy", "iterative"}
 
 
 def test_train_rm_same_seed_same_numbers_and_eval_rm_agrees(world, tmp_path):

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from rmsecrets.iterative import IterativeConfig, normalised_differences
+from rmsecrets.iterative import IterativeConfig
+from rmsecrets.metarm import normalised_differences
 
 
 def test_normalised_differences_by_hand():
