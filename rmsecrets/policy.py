@@ -6,7 +6,7 @@
 __all__ = ['make_policy', 'save_policy', 'load_policy', 'tokenize_demonstrations', 'SFTConfig', 'SFTResult', 'train_sft',
            'Samples', 'sample', 'gold_scores', 'proxy_scores', 'reward_spread']
 
-# %% ../nbs/07_policy.ipynb #7748be24
+# %% ../nbs/07_policy.ipynb #da00cba1
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -23,13 +23,14 @@ from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, LlamaCon
                           PreTrainedModel, get_scheduler)
 
 from .data import PreferenceDataError, fit_ids, split_ids
-from .model import PRESETS, ensure_pad_token, save_reward_model
+from .model import PRESETS, enable_checkpointing, ensure_pad_token, save_reward_model
 
-# %% ../nbs/07_policy.ipynb #edb9e312
+# %% ../nbs/07_policy.ipynb #b374a79e
 def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a local folder or a hub name
                 tokenizer,  # its pad token is fixed in place if missing or EOS
                 seed: int = 0,  # seeds a fresh preset's weights
                 dtype: torch.dtype | str | None = None,  # e.g. torch.bfloat16 for large models
+                gradient_checkpointing: bool = False,  # recompute activations in the backward pass (train mode only)
                 ) -> PreTrainedModel:
     """A causal LM policy with a pad token distinct from EOS."""
     ensure_pad_token(tokenizer)
@@ -48,10 +49,11 @@ def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a loc
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if gradient_checkpointing: enable_checkpointing(model)
     return model
 
 def save_policy(model, tokenizer, path) -> Path:
-    """Write the policy (safetensors) and its tokenizer to `path`, atomically."""
+    """Write the policy (safetensors, LoRA adapters merged) and its tokenizer to `path`, atomically."""
     return save_reward_model(model, tokenizer, path)   # the same atomic save_pretrained of model and tokenizer
 
 def load_policy(path, dtype=None):
@@ -76,7 +78,7 @@ def tokenize_demonstrations(ds: Dataset,  # columns prompt, response
         rows["labels"].append([-100] * (len(ids) - n_answer) + ids[len(ids) - n_answer:])
     return Dataset.from_dict(rows)
 
-# %% ../nbs/07_policy.ipynb #fe168a32
+# %% ../nbs/07_policy.ipynb #e7efc5fb
 @dataclass
 class SFTConfig:
     """Settings of supervised fine-tuning."""
@@ -110,7 +112,8 @@ def train_sft(policy, tokenizer, demonstrations: Dataset,  # columns prompt, res
                         collate_fn=collate, generator=torch.Generator().manual_seed(config.seed))
     total = math.ceil(config.epochs * math.ceil(len(ds) / (config.batch_size * acc.num_processes)))
     opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
+    n = acc.num_processes   # the prepared scheduler steps n times per optimiser step
+    sched = get_scheduler("cosine", opt, num_warmup_steps=int(config.warmup_ratio * total) * n, num_training_steps=total * n)
     policy, opt, loader, sched = acc.prepare(policy, opt, loader, sched)
     policy.train()
     history, step = [], 0
