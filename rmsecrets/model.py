@@ -110,10 +110,15 @@ def last_token_index(input_ids: torch.Tensor,  # [N, T] token ids
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # [T]
     return ((input_ids != pad_token_id) * positions).argmax(1)             # [N]
 
-# %% ../nbs/02_reward_model.ipynb #e79d4ad5
+# %% ../nbs/02_reward_model.ipynb #722b0259
+def _unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The model inside DDP/accelerate wrappers (`.module`)."""
+    while hasattr(model, "module"): model = model.module
+    return model
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The Hugging Face model inside a DDP/accelerate (`.module`) or PEFT (`get_base_model`) wrapper."""
-    while hasattr(model, "module"): model = model.module
+    model = _unwrap_parallel(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 def _head_name(model: nn.Module) -> str:
@@ -148,11 +153,11 @@ def reward_forward(model: nn.Module,  # a reward model (possibly wrapped by acce
         features = features[torch.arange(len(features), device=features.device), last_token_index(input_ids, pad)]
     return logits[:, 0], features            # [N], [N, H]
 
-# %% ../nbs/02_reward_model.ipynb #790ab082
+# %% ../nbs/02_reward_model.ipynb #8b9b82be
 def merge_lora(model: nn.Module,  # a PEFT LoRA model (possibly inside DDP), or a plain Hugging Face model
                ) -> PreTrainedModel:
     """A plain Hugging Face model: LoRA updates merged into a copy of the weights (`model` itself is left as it is)."""
-    while hasattr(model, "module"): model = model.module
+    model = _unwrap_parallel(model)
     if not hasattr(model, "merge_and_unload"): return _unwrap(model)
     # W ← W + (α/r)·B·A in every adapted layer; the head's trained copy replaces the frozen original
     return copy.deepcopy(model).merge_and_unload()    # a copy: costs one more model's memory while saving
@@ -160,8 +165,11 @@ def merge_lora(model: nn.Module,  # a PEFT LoRA model (possibly inside DDP), or 
 def save_reward_model(model: nn.Module,  # the reward model (wrappers are removed, LoRA adapters merged)
                       tokenizer: PreTrainedTokenizerBase,  # saved beside it: the pad token is part of the model
                       path: str | os.PathLike,  # the folder to write (replaced if it exists)
+                      state_dict: dict | None = None,  # the full weights of a sharded model (ZeRO-3, FSDP): `accelerator.get_state_dict(model)`, called on every process
                       ) -> Path:
     """Write `model` (safetensors) and `tokenizer` to the folder `path`, atomically."""
+    if state_dict is not None and hasattr(_unwrap_parallel(model), "merge_and_unload"):
+        raise ValueError("pass a LoRA model without state_dict: it is merged from its own weights")
     model, path = merge_lora(model), Path(path)
     ensure_pad_token(tokenizer, fix=False)
     if model.config.pad_token_id != tokenizer.pad_token_id:
@@ -169,7 +177,7 @@ def save_reward_model(model: nn.Module,  # the reward model (wrappers are remove
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     try:
-        model.save_pretrained(tmp)       # model.safetensors + config.json
+        model.save_pretrained(tmp, state_dict=state_dict)   # model.safetensors + config.json
         tokenizer.save_pretrained(tmp)
         if path.exists(): shutil.rmtree(path)
         tmp.rename(path)
@@ -261,13 +269,14 @@ def enable_checkpointing(model: PreTrainedModel) -> PreTrainedModel:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
 
-# %% ../nbs/02_reward_model.ipynb #6dcb885d
+# %% ../nbs/02_reward_model.ipynb #7432d04a
 def add_lora(model: PreTrainedModel,  # a reward model (`make_reward_model`) or a causal LM (`make_policy`); changed in place
              r: int = 8,  # rank of each update B·A
              alpha: float = 16,  # the update is scaled by alpha / r
              dropout: float = 0.05,  # dropout on the adapters' input (training mode only)
              target_modules: str | list[str] | None = "all-linear",  # layers to adapt; None: peft's default for the architecture
              modules_to_save: list[str] | None = None,  # trained fully; None: a reward model's head, nothing for a causal LM
+             seed: int = 0,  # seeds the adapters' random A matrices
              ) -> nn.Module:
     """`model` with a LoRA adapter: trunk frozen, low-rank updates trained, a reward model's scalar head trained fully."""
     try:
@@ -279,6 +288,7 @@ def add_lora(model: PreTrainedModel,  # a reward model (`make_reward_model`) or 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         modules_to_save=modules_to_save or None,
                         task_type=TaskType.SEQ_CLS if is_reward_model else TaskType.CAUSAL_LM)
-    with warnings.catch_warnings():   # peft asks transformers' deprecated `is_gradient_checkpointing`
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft asks a deprecated property
+        torch.manual_seed(seed)
         return get_peft_model(model, config)

@@ -117,6 +117,8 @@ def test_merge_lora_leaves_the_model_and_plain_models_alone(tok, tmp_path):
     assert type(merged).__name__ == "LlamaForSequenceClassification" and hasattr(lora, "peft_config")
     save_reward_model(lora, tok, tmp_path / "twice"); save_reward_model(lora, tok, tmp_path / "twice")  # saving twice works
     assert hasattr(lora.get_base_model().score, "modules_to_save")
+    with pytest.raises(ValueError, match="without state_dict"):   # gathered shards of a LoRA model are not merged
+        save_reward_model(lora, tok, tmp_path / "sharded", state_dict=lora.state_dict())
 
 
 def test_a_clear_error_without_peft(tok, monkeypatch):
