@@ -4,9 +4,11 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'preset_config', 'ensure_pad_token', 'make_reward_model', 'last_token_index', 'reward_head',
-           'reward_forward', 'save_reward_model', 'load_reward_model', 'encode_responses', 'score']
+           'reward_forward', 'merge_lora', 'save_reward_model', 'load_reward_model', 'encode_responses', 'score',
+           'enable_checkpointing', 'add_lora']
 
-# %% ../nbs/02_reward_model.ipynb #717c26fe
+# %% ../nbs/02_reward_model.ipynb #c935ebd6
+import copy
 import os
 import shutil
 import tempfile
@@ -55,7 +57,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase,  # changed in place whe
                   f"because {why}. Save this tokenizer with the model.")
     return True
 
-# %% ../nbs/02_reward_model.ipynb #bb433a97
+# %% ../nbs/02_reward_model.ipynb #bf9d4387
 def _from_pretrained(name_or_path, seed, **kwargs) -> PreTrainedModel:
     """Load `name_or_path` as a one-label sequence classifier; warn if any trunk weight had to be made up."""
     verbosity = hf_logging.get_verbosity()
@@ -78,6 +80,7 @@ def make_reward_model(backbone: str | os.PathLike,  # a preset name (`PRESETS`),
                       dtype: torch.dtype | str | None = None,  # e.g. torch.bfloat16 for large models; None: float32 for presets, the checkpoint's own otherwise
                       attn_implementation: str | None = None,  # None: "eager" for presets, transformers' choice otherwise
                       trust_remote_code: bool = False,  # run code shipped with a hub model (only when you trust it)
+                      gradient_checkpointing: bool = False,  # recompute activations in the backward pass (`enable_checkpointing`)
                       ) -> PreTrainedModel:
     """A reward model: `AutoModelForSequenceClassification` with `num_labels=1` and a pad token distinct from EOS."""
     ensure_pad_token(tokenizer)
@@ -96,6 +99,7 @@ def make_reward_model(backbone: str | os.PathLike,  # a preset name (`PRESETS`),
                 model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id  # HF's seq-cls models read the last token that is not this
     if hasattr(model.config, "use_cache"): model.config.use_cache = False  # a scorer keeps no KV cache
+    if gradient_checkpointing: enable_checkpointing(model)
     return model
 
 # %% ../nbs/02_reward_model.ipynb #0f0fe129
@@ -106,10 +110,15 @@ def last_token_index(input_ids: torch.Tensor,  # [N, T] token ids
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # [T]
     return ((input_ids != pad_token_id) * positions).argmax(1)             # [N]
 
-# %% ../nbs/02_reward_model.ipynb #e79d4ad5
+# %% ../nbs/02_reward_model.ipynb #722b0259
+def _unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The model inside DDP/accelerate wrappers (`.module`)."""
+    while hasattr(model, "module"): model = model.module
+    return model
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The Hugging Face model inside a DDP/accelerate (`.module`) or PEFT (`get_base_model`) wrapper."""
-    while hasattr(model, "module"): model = model.module
+    model = _unwrap_parallel(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 def _head_name(model: nn.Module) -> str:
@@ -144,20 +153,31 @@ def reward_forward(model: nn.Module,  # a reward model (possibly wrapped by acce
         features = features[torch.arange(len(features), device=features.device), last_token_index(input_ids, pad)]
     return logits[:, 0], features            # [N], [N, H]
 
-# %% ../nbs/02_reward_model.ipynb #03efd65b
-def save_reward_model(model: nn.Module,  # the reward model (wrappers are removed)
+# %% ../nbs/02_reward_model.ipynb #8b9b82be
+def merge_lora(model: nn.Module,  # a PEFT LoRA model (possibly inside DDP), or a plain Hugging Face model
+               ) -> PreTrainedModel:
+    """A plain Hugging Face model: LoRA updates merged into a copy of the weights (`model` itself is left as it is)."""
+    model = _unwrap_parallel(model)
+    if not hasattr(model, "merge_and_unload"): return _unwrap(model)
+    # W ← W + (α/r)·B·A in every adapted layer; the head's trained copy replaces the frozen original
+    return copy.deepcopy(model).merge_and_unload()    # a copy: costs one more model's memory while saving
+
+def save_reward_model(model: nn.Module,  # the reward model (wrappers are removed, LoRA adapters merged)
                       tokenizer: PreTrainedTokenizerBase,  # saved beside it: the pad token is part of the model
                       path: str | os.PathLike,  # the folder to write (replaced if it exists)
+                      state_dict: dict | None = None,  # the full weights of a sharded model (ZeRO-3, FSDP): `accelerator.get_state_dict(model)`, called on every process
                       ) -> Path:
     """Write `model` (safetensors) and `tokenizer` to the folder `path`, atomically."""
-    model, path = _unwrap(model), Path(path)
+    if state_dict is not None and hasattr(_unwrap_parallel(model), "merge_and_unload"):
+        raise ValueError("pass a LoRA model without state_dict: it is merged from its own weights")
+    model, path = merge_lora(model), Path(path)
     ensure_pad_token(tokenizer, fix=False)
     if model.config.pad_token_id != tokenizer.pad_token_id:
         raise ValueError(f"model pads with id {model.config.pad_token_id}, tokenizer with {tokenizer.pad_token_id}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     try:
-        model.save_pretrained(tmp)       # model.safetensors + config.json
+        model.save_pretrained(tmp, state_dict=state_dict)   # model.safetensors + config.json
         tokenizer.save_pretrained(tmp)
         if path.exists(): shutil.rmtree(path)
         tmp.rename(path)
@@ -238,3 +258,37 @@ def score(model: nn.Module,  # a reward model
         return torch.cat(out)
     finally:
         model.train(was_training)
+
+# %% ../nbs/02_reward_model.ipynb #6eab1fd9
+def enable_checkpointing(model: PreTrainedModel) -> PreTrainedModel:
+    """Turn on gradient checkpointing: each layer's activations are recomputed in the backward pass (train mode only)."""
+    kwargs = {"use_reentrant": False}   # the non-reentrant variant also works when no input needs a gradient (LoRA)
+    if hasattr(model, "activation_checkpointing_enable"):   # its name in recent transformers
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
+
+# %% ../nbs/02_reward_model.ipynb #7432d04a
+def add_lora(model: PreTrainedModel,  # a reward model (`make_reward_model`) or a causal LM (`make_policy`); changed in place
+             r: int = 8,  # rank of each update B·A
+             alpha: float = 16,  # the update is scaled by alpha / r
+             dropout: float = 0.05,  # dropout on the adapters' input (training mode only)
+             target_modules: str | list[str] | None = "all-linear",  # layers to adapt; None: peft's default for the architecture
+             modules_to_save: list[str] | None = None,  # trained fully; None: a reward model's head, nothing for a causal LM
+             seed: int = 0,  # seeds the adapters' random A matrices
+             ) -> nn.Module:
+    """`model` with a LoRA adapter: trunk frozen, low-rank updates trained, a reward model's scalar head trained fully."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise ImportError('LoRA needs peft: pip install "rmsecrets[lora]" (or pip install peft)') from None
+    is_reward_model = any(isinstance(getattr(model, n, None), nn.Module) for n in ("score", "classifier"))
+    if modules_to_save is None: modules_to_save = [_head_name(model)] if is_reward_model else []
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        modules_to_save=modules_to_save or None,
+                        task_type=TaskType.SEQ_CLS if is_reward_model else TaskType.CAUSAL_LM)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft asks a deprecated property
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)

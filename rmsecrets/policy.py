@@ -6,7 +6,7 @@
 __all__ = ['make_policy', 'save_policy', 'load_policy', 'tokenize_demonstrations', 'SFTConfig', 'SFTResult', 'train_sft',
            'Samples', 'sample', 'gold_scores', 'proxy_scores', 'reward_spread']
 
-# %% ../nbs/07_policy.ipynb #7748be24
+# %% ../nbs/07_policy.ipynb #85dbbdb7
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -23,13 +23,14 @@ from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, LlamaCon
                           PreTrainedModel, get_scheduler)
 
 from .data import PreferenceDataError, fit_ids, split_ids
-from .model import PRESETS, ensure_pad_token, save_reward_model
+from .model import PRESETS, enable_checkpointing, ensure_pad_token, save_reward_model
 
-# %% ../nbs/07_policy.ipynb #edb9e312
+# %% ../nbs/07_policy.ipynb #41d3d7b0
 def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a local folder or a hub name
                 tokenizer,  # its pad token is fixed in place if missing or EOS
                 seed: int = 0,  # seeds a fresh preset's weights
                 dtype: torch.dtype | str | None = None,  # e.g. torch.bfloat16 for large models
+                gradient_checkpointing: bool = False,  # recompute activations in the backward pass (train mode only)
                 ) -> PreTrainedModel:
     """A causal LM policy with a pad token distinct from EOS."""
     ensure_pad_token(tokenizer)
@@ -48,11 +49,14 @@ def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a loc
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if gradient_checkpointing: enable_checkpointing(model)
     return model
 
-def save_policy(model, tokenizer, path) -> Path:
-    """Write the policy (safetensors) and its tokenizer to `path`, atomically."""
-    return save_reward_model(model, tokenizer, path)   # the same atomic save_pretrained of model and tokenizer
+def save_policy(model, tokenizer, path,
+                state_dict: dict | None = None,  # the full weights of a sharded policy: `accelerator.get_state_dict(model)`
+                ) -> Path:
+    """Write the policy (safetensors, LoRA adapters merged) and its tokenizer to `path`, atomically."""
+    return save_reward_model(model, tokenizer, path, state_dict)   # the same atomic save_pretrained of model and tokenizer
 
 def load_policy(path, dtype=None):
     """The policy and tokenizer saved at `path`."""
@@ -76,7 +80,7 @@ def tokenize_demonstrations(ds: Dataset,  # columns prompt, response
         rows["labels"].append([-100] * (len(ids) - n_answer) + ids[len(ids) - n_answer:])
     return Dataset.from_dict(rows)
 
-# %% ../nbs/07_policy.ipynb #fe168a32
+# %% ../nbs/07_policy.ipynb #13d9dc54
 @dataclass
 class SFTConfig:
     """Settings of supervised fine-tuning."""
@@ -110,7 +114,8 @@ def train_sft(policy, tokenizer, demonstrations: Dataset,  # columns prompt, res
                         collate_fn=collate, generator=torch.Generator().manual_seed(config.seed))
     total = math.ceil(config.epochs * math.ceil(len(ds) / (config.batch_size * acc.num_processes)))
     opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
+    n = acc.num_processes   # the prepared scheduler steps n times per optimiser step
+    sched = get_scheduler("cosine", opt, num_warmup_steps=int(config.warmup_ratio * total) * n, num_training_steps=total * n)
     policy, opt, loader, sched = acc.prepare(policy, opt, loader, sched)
     policy.train()
     history, step = [], 0
@@ -125,11 +130,13 @@ def train_sft(policy, tokenizer, demonstrations: Dataset,  # columns prompt, res
             history.append({"step": step, "loss": acc.reduce(loss.detach(), "mean").item(), "lr": sched.get_last_lr()[0]})
             if step >= total: break
     bar.close()
+    sharded = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    state_dict = acc.get_state_dict(policy) if sharded and out_dir is not None else None   # every process gathers
     policy = acc.unwrap_model(policy).eval()
     per_epoch = max(1, total // max(1, math.ceil(config.epochs)))
     metrics = {"loss": float(np.mean([h["loss"] for h in history[-per_epoch:]])), "steps": step}
     if out_dir is not None and acc.is_main_process:
-        save_policy(policy, tokenizer, Path(out_dir) / "model")
+        save_policy(policy, tokenizer, Path(out_dir) / "model", state_dict)
         import json
         (Path(out_dir) / "metrics.json").write_text(json.dumps({"config": asdict(config), **metrics}, indent=2))
     return SFTResult(policy, history, metrics)
