@@ -19,7 +19,7 @@ from rmsecrets.world import WorldConfig, make_demonstrations, make_tokenizer, ma
 
 N_PAIRS = 64        # a multiple of the global batch, so no process pads its last batch with pairs from the start
 GLOBAL_BATCH = 16   # pairs per optimiser step, over all processes
-# a constant learning rate: accelerate steps a prepared scheduler once per process (see test_distributed.py)
+# the weights are compared under a constant rate; the cosine run checks that both schedules advance alike
 CONSTANT = TrainConfig(lr=2e-3, epochs=2, schedule="constant_with_warmup", warmup_ratio=0.0, log_every=1,
                        max_length=64, progress=False)
 COSINE = replace(CONSTANT, schedule="cosine", warmup_ratio=0.25)

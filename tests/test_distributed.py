@@ -90,10 +90,6 @@ def test_sft_schedule_is_the_same_with_two_processes(runs):
     assert ddp[0]["sft_lr"] == pytest.approx(single["sft_lr"])
 
 
-@pytest.mark.xfail(strict=True, reason="train_reward_model lays its schedule out over the per-process step count, but "
-                   "accelerate steps a prepared scheduler num_processes times per optimiser step: under two processes "
-                   "warm-up and cosine run twice as fast and the rate climbs back to its peak after halfway "
-                   "(the fix belongs in rmsecrets/train.py, as in train_sft)")
 def test_reward_model_schedule_is_the_same_with_two_processes(runs):
     ddp, single = runs
     assert len(single["rm_lr"]) == 8
