@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['PAPER_STRENGTH', 'DEMO_PPO', 'add_config_args', 'config_from_args', 'cmd_world', 'resolve_loss', 'resolve_pairs',
-           'resolve_tokenizer', 'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo',
-           'cmd_metarm', 'cmd_iterate', 'Report', 'table', 'cmd_demo', 'demo_strength', 'demo_label_tricks',
-           'demo_contrastive', 'demo_ppo', 'demo_iterative', 'add_data_args', 'build_parser', 'run', 'main']
+           'resolve_tokenizer', 'add_scale_args', 'scale_dtype', 'scale_model', 'cmd_train_rm', 'cmd_eval_rm',
+           'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo', 'cmd_metarm', 'cmd_iterate', 'Report', 'table',
+           'cmd_demo', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'demo_ppo', 'demo_iterative',
+           'add_data_args', 'build_parser', 'run', 'main']
 
 # %% ../nbs/12_cli.ipynb #0e63d2a3
 import argparse
@@ -62,7 +63,7 @@ def cmd_world(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=2))
     return summary
 
-# %% ../nbs/12_cli.ipynb #b7c8544e
+# %% ../nbs/12_cli.ipynb #00b74407
 def resolve_loss(args: argparse.Namespace):
     """The `LabelTrick` named by `--loss`, with the smoothing, flipping and margin flags applied."""
     from rmsecrets.losses import LABEL_TRICKS
@@ -101,7 +102,32 @@ def _state():
 
 def _main_process() -> bool: return _state().is_main_process
 
-# %% ../nbs/12_cli.ipynb #7138f2bc
+def add_scale_args(parser: argparse.ArgumentParser) -> None:
+    """Flags for large backbones: the loaded dtype, gradient checkpointing and LoRA (11_scale)."""
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the loaded backbone (default: float32 for presets, the checkpoint's own otherwise; "
+                             "keep float32 weights with --mixed-precision bf16)")
+    parser.add_argument("--gradient-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        metavar="BOOL", help="recompute activations in the backward pass (default: False)")
+    parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 trains every weight (default: 0)")
+    parser.add_argument("--lora-alpha", type=float, default=16, help="LoRA scale α (the update is scaled by α/r)")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA adapters' input")
+    parser.add_argument("--lora-targets", default="all-linear", help="modules to adapt: all-linear, or a comma list such as q_proj,v_proj")
+
+def scale_dtype(args):
+    """The torch dtype named by --dtype (None: the default)."""
+    import torch
+    return getattr(torch, args.dtype) if args.dtype else None
+
+def scale_model(model, args):
+    """The model with --lora-* applied (a reward model's head stays fully trained)."""
+    if not getattr(args, "lora_r", 0): return model
+    from rmsecrets.model import add_lora
+    targets = args.lora_targets if args.lora_targets == "all-linear" else [t for t in args.lora_targets.split(",") if t]
+    return add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
+                    seed=getattr(args, "seed", 0))
+
+# %% ../nbs/12_cli.ipynb #af39d9c0
 def cmd_train_rm(args: argparse.Namespace) -> dict:
     """Train a reward model and write it, with metrics.json, to `--out`."""
     from rmsecrets.data import tokenize_pairs
@@ -113,7 +139,8 @@ def cmd_train_rm(args: argparse.Namespace) -> dict:
     train = trick.prepare(train)
     evaluation = resolve_pairs(args.eval_data or args.data, args.eval_split, args.errors)[0] if args.eval_split else None
     tokenizer = resolve_tokenizer(args.tokenizer, world_tok, args.backbone)
-    model = make_reward_model(args.backbone, tokenizer, seed=config.seed)
+    model = scale_model(make_reward_model(args.backbone, tokenizer, seed=config.seed, dtype=scale_dtype(args),
+                                          gradient_checkpointing=args.gradient_checkpointing), args)
     tok = lambda ds: tokenize_pairs(ds, tokenizer, config.max_length, errors=args.errors)
     result = train_reward_model(model, tokenizer, tok(train), tok(evaluation) if evaluation is not None else None,
                                 config, trick, out_dir=args.out)
@@ -189,7 +216,7 @@ def resolve_voter(name: str):
     if name not in VOTERS: raise SystemExit(f"unknown --voter {name!r}; choose one of {sorted({'full', *VOTERS})}")
     return VOTERS[name]
 
-# %% ../nbs/12_cli.ipynb #cf6d7d61
+# %% ../nbs/12_cli.ipynb #57d9a664
 def _table_or_world(data: str, part: str, columns: tuple):
     """A world folder's `part` (demonstrations or prompts), or a datasets-readable file/folder with `columns`."""
     from datasets import load_dataset, load_from_disk
@@ -210,7 +237,9 @@ def cmd_sft(args: argparse.Namespace) -> dict:
     config = config_from_args(args, SFTConfig)
     demos, world_tok, _ = _table_or_world(args.data, "demonstrations", ("prompt", "response"))
     tokenizer = resolve_tokenizer(args.tokenizer, world_tok, args.backbone)
-    result = train_sft(make_policy(args.backbone, tokenizer, seed=config.seed), tokenizer, demos, config, out_dir=args.out)
+    policy = scale_model(make_policy(args.backbone, tokenizer, seed=config.seed, dtype=scale_dtype(args),
+                                     gradient_checkpointing=args.gradient_checkpointing), args)
+    result = train_sft(policy, tokenizer, demos, config, out_dir=args.out)
     summary = {"out": str(args.out), "demonstrations": len(demos), **result.metrics}
     if _main_process(): print(json.dumps(summary, indent=2))
     return summary
@@ -623,7 +652,7 @@ def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, args) -
                   "the last policy's samples")
     return {"summary": summary, "rounds": [{k: v for k, v in r.items() if k != "result"} for r in runs]}
 
-# %% ../nbs/12_cli.ipynb #6c177318
+# %% ../nbs/12_cli.ipynb #39ed152b
 def add_data_args(parser: argparse.ArgumentParser, split: str, tokenizer: bool = True) -> None:
     """The flags of every stage that reads preference pairs."""
     parser.add_argument("--data", required=True, help="a world folder, a data file or folder, or a hub name")
@@ -658,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cl-temperature", type=float, default=None, help="contrastive temperature τ (default: 0.05 SimCSE, 0.1 SwAV)")
     train.add_argument("--prototypes", type=int, default=None, help="SwAV prototypes K (default: 50, 20 for swav-diff)")
     train.add_argument("--out", required=True, help="folder for model/, metrics.json, metrics.jsonl, checkpoints/")
+    add_scale_args(train)
     add_config_args(train, TrainConfig)
     train.set_defaults(func=cmd_train_rm)
 
@@ -684,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: the world's or the backbone's)")
     sft.add_argument("--backbone", default="tiny", help="a preset name, a causal-LM folder, or a hub name")
     sft.add_argument("--out", required=True, help="folder for model/ and metrics.json")
+    add_scale_args(sft)
     add_config_args(sft, SFTConfig)
     sft.set_defaults(func=cmd_sft)
 

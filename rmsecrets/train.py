@@ -219,7 +219,7 @@ def _log(accelerator, out_dir, history, line, tracker=False):
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
-# %% ../nbs/03_training.ipynb #d633909f
+# %% ../nbs/03_training.ipynb #1274be36
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -333,10 +333,12 @@ def train_reward_model(
     if evaluating:
         metrics = {k.removeprefix("eval_"): v for k, v in _eval().items()}
         _log(acc, out_dir, history, {"step": state["step"], **{f"eval_{k}": v for k, v in metrics.items()}})
+    sharded = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    full_state = acc.get_state_dict(model) if out_dir is not None and sharded else None   # every process takes part
     model = acc.unwrap_model(model)
     if out_dir is not None:
         if acc.is_main_process:
-            save_reward_model(model, tokenizer, out_dir / "model")
+            save_reward_model(model, tokenizer, out_dir / "model", state_dict=full_state)
             (out_dir / "metrics.json").write_text(json.dumps({"config": asdict(config), "steps": state["step"],
                                                               "num_processes": acc.num_processes, "eval": metrics}, indent=2))
         acc.wait_for_everyone()

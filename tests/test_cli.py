@@ -81,3 +81,22 @@ def test_train_rm_runs_under_accelerate_launch_with_two_processes(world, tmp_pat
     assert m["num_processes"] == 2 and m["steps"] == 6
     assert m["eval"]["n"] == 80                                    # every validation pair scored once, gathered
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
+
+
+def test_scale_flags_lora_checkpointing_dtype(world, tmp_path):
+    pytest.importorskip("peft")
+    import torch
+    from safetensors.torch import load_file
+    sh("rmsecrets", "train-rm", "--data", str(world), "--out", str(tmp_path / "lora"), "--max-steps", "3", "--max-length", "64",
+       "--progress", "false", "--lora-r", "4", "--lora-targets", "q_proj,v_proj", "--gradient-checkpointing", "true",
+       "--dtype", "float32", "--seed", "0")
+    sh("rmsecrets", "train-rm", "--data", str(world), "--out", str(tmp_path / "full"), "--max-steps", "3", "--max-length", "64",
+       "--progress", "false", "--seed", "0")
+    lora, full = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("lora", "full"))
+    assert set(lora) == set(full)                                     # saved merged: a plain reward model
+    q, k = next(n for n in lora if "q_proj" in n), next(n for n in lora if "k_proj" in n)
+    from rmsecrets.model import make_reward_model
+    from rmsecrets.world import make_tokenizer
+    start = make_reward_model("tiny", make_tokenizer(), seed=0).state_dict()
+    assert not torch.equal(lora[q], start[q]) and torch.equal(lora[k], start[k])   # only the adapted layers moved
+    assert not torch.equal(full[k], start[k])
