@@ -216,7 +216,7 @@ def resolve_voter(name: str):
     if name not in VOTERS: raise SystemExit(f"unknown --voter {name!r}; choose one of {sorted({'full', *VOTERS})}")
     return VOTERS[name]
 
-# %% ../nbs/12_cli.ipynb #57d9a664
+# %% ../nbs/12_cli.ipynb #bf6d9ec3
 def _table_or_world(data: str, part: str, columns: tuple):
     """A world folder's `part` (demonstrations or prompts), or a datasets-readable file/folder with `columns`."""
     from datasets import load_dataset, load_from_disk
@@ -310,9 +310,6 @@ def cmd_iterate(args: argparse.Namespace) -> dict:
     from rmsecrets.policy import gold_scores, load_policy
     from rmsecrets.ppo import PPOConfig
     from rmsecrets.train import TrainConfig
-    if _state().num_processes > 1:
-        raise SystemExit("iterate drives one process; for several, run its stages per round: "
-                         "`accelerate launch -m rmsecrets.cli metarm ...` then `... ppo ...`")
     rm_config, ppo_config = config_from_args(args, TrainConfig, prefix="rm_"), config_from_args(args, PPOConfig, prefix="ppo_")
     config = config_from_args(args, IterativeConfig, rm=rm_config, ppo=ppo_config)
     policy, tokenizer = load_policy(args.policy)
@@ -331,8 +328,9 @@ def cmd_iterate(args: argparse.Namespace) -> dict:
     result = iterate(policy, reward_model.train(), tokenizer, pairs, prompts[:-n_eval], config, eval_prompts=prompts[-n_eval:],
                      meta_prompts=meta, valid=valid, gold_fn=gold_scores if is_world else None, out_dir=args.out)
     summary = {"out": str(args.out), "rm_update": config.rm_update, "rounds": result.rounds}
-    _write_json(Path(args.out) / "rounds.json", summary)
-    print(json.dumps([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in result.rounds], indent=2))
+    if _main_process():
+        _write_json(Path(args.out) / "rounds.json", summary)
+        print(json.dumps([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in result.rounds], indent=2))
     return summary
 
 # %% ../nbs/12_cli.ipynb #9e8d5578

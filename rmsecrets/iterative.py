@@ -6,7 +6,7 @@
 __all__ = ['RM_UPDATES', 'rm_diagnostics', 'IterativeConfig', 'IterativeResult', 'iterate', 'compare_iterative',
            'summarise_rounds', 'plot_rounds', 'plot_differences', 'final_differences']
 
-# %% ../nbs/10_iterative.ipynb #708e3499
+# %% ../nbs/10_iterative.ipynb #80e1a913
 import copy
 import json
 import time
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
 from .metarm import MetaRM, meta_batch, normalised_differences, ranking_accuracy
 from .model import load_reward_model, save_reward_model
@@ -66,7 +68,7 @@ class IterativeResult:
     rounds: list                  # one dict per round: the reward model before and after its update, gold, KL, time
     evals: list                   # per round, PPO's evaluations (gold, proxy, KL, spread)
 
-# %% ../nbs/10_iterative.ipynb #81c18a51
+# %% ../nbs/10_iterative.ipynb #d59b4ba1
 def _round_seed(config: IterativeConfig, r: int) -> int: return config.seed * 1000 + r
 
 def iterate(policy,  # the SFT policy (copied)
@@ -86,6 +88,7 @@ def iterate(policy,  # the SFT policy (copied)
     policy, rm = copy.deepcopy(policy), copy.deepcopy(reward_model)
     eval_prompts, meta_prompts = eval_prompts or prompts[:config.ppo.eval_prompts], meta_prompts or prompts
     out_dir = Path(out_dir) if out_dir is not None else None
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))   # under accelerate launch: one copy per process
     rows, evals = [], []
     for r in range(1, config.rounds + 1):
         done = out_dir / f"round_{r}" if out_dir is not None else None
@@ -98,10 +101,13 @@ def iterate(policy,  # the SFT policy (copied)
         rng = np.random.default_rng([config.seed, r])
         torch.manual_seed(seed)
         chosen = rng.choice(len(meta_prompts), min(config.meta_prompts, len(meta_prompts)), replace=False)
-        meta = sample(policy, tokenizer, [meta_prompts[i] for i in chosen], k=config.k,
-                      temperature=config.meta_temperature, top_p=config.ppo.top_p, max_new_tokens=config.ppo.max_new_tokens)
-        held = sample(policy, tokenizer, eval_prompts, k=config.k, temperature=config.ppo.temperature,
-                      top_p=config.ppo.top_p, max_new_tokens=config.ppo.max_new_tokens)
+        meta = held = None
+        if state.is_main_process:   # one meta set for every process (MetaRM's θ′ must be the same everywhere)
+            meta = sample(policy, tokenizer, [meta_prompts[i] for i in chosen], k=config.k, temperature=config.meta_temperature,
+                          top_p=config.ppo.top_p, max_new_tokens=config.ppo.max_new_tokens)
+            held = sample(policy, tokenizer, eval_prompts, k=config.k, temperature=config.ppo.temperature,
+                          top_p=config.ppo.top_p, max_new_tokens=config.ppo.max_new_tokens)
+        if state.num_processes > 1: meta, held = broadcast_object_list([meta, held])
         gold = gold_fn(held) if gold_fn is not None else None
         row = {"round": r, "rm_update": config.rm_update, "before": rm_diagnostics(rm, tokenizer, held, gold, valid)}
         if config.rm_update != "fixed":
@@ -120,11 +126,12 @@ def iterate(policy,  # the SFT policy (copied)
         row.update({k: last[k] for k in ("gold", "proxy", "kl", "spread", "length") if k in last})
         row["seconds"] = time.time() - t0
         rows.append(row); evals.append(res.evals)
-        if done is not None:
+        if done is not None and state.is_main_process:
             save_reward_model(rm, tokenizer, done / "reward_model")
             tmp = done / "round.json.tmp"
             tmp.write_text(json.dumps({"row": row, "evals": res.evals, "config": asdict(config)}, indent=2))
             tmp.replace(done / "round.json")                                          # the round counts once this exists
+        state.wait_for_everyone()
     return IterativeResult(policy, rm, rows, evals)
 
 # %% ../nbs/10_iterative.ipynb #c803b34a

@@ -69,3 +69,17 @@ def test_iterate_command_runs_rounds_and_resumes(stages):
         assert r["rm_update"] == "metarm" and np.isfinite(r["gold"])
         assert 0.0 <= r["after"]["ranking_vs_gold"] <= 1.0 and "validation_accuracy" in r["after"]
     assert (d / "it" / "round_2" / "ppo" / "policy" / "model.safetensors").exists()
+
+
+def test_iterate_under_two_processes(stages):
+    d = stages
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli",
+                    "iterate", "--data", str(d / "w"), "--policy", str(d / "sft" / "model"),
+                    "--reward-model", str(d / "rm" / "model"), "--out", str(d / "it2"), "--rounds", "1", "--meta-prompts", "4",
+                    "--rm-max-steps", "2", "--ppo-iterations", "2", "--ppo-critic-warmup", "1", "--ppo-rollout-prompts", "4",
+                    "--ppo-eval-prompts", "8", "--ppo-eval-every", "0"], check=True, capture_output=True, timeout=600,
+                   env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+    (row,) = json.loads((d / "it2" / "rounds.json").read_text())["rounds"]
+    assert row["round"] == 1 and np.isfinite(row["gold"]) and "ranking_vs_gold" in row["after"]
+    assert json.loads((d / "it2" / "round_1" / "ppo" / "metrics.json").read_text())["num_processes"] == 2
