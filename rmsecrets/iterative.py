@@ -68,7 +68,7 @@ class IterativeResult:
     rounds: list                  # one dict per round: the reward model before and after its update, gold, KL, time
     evals: list                   # per round, PPO's evaluations (gold, proxy, KL, spread)
 
-# %% ../nbs/10_iterative.ipynb #d59b4ba1
+# %% ../nbs/10_iterative.ipynb #1c3f7ddd
 def _round_seed(config: IterativeConfig, r: int) -> int: return config.seed * 1000 + r
 
 def iterate(policy,  # the SFT policy (copied)
@@ -113,7 +113,7 @@ def iterate(policy,  # the SFT policy (copied)
         if config.rm_update != "fixed":
             loss = base_loss
             if config.rm_update == "metarm":
-                mb = meta_batch(meta, tokenizer, config.rm.max_length * 2)
+                mb = meta_batch(meta, tokenizer, config.rm.max_length)
                 loss = MetaRM(mb["input_ids"], mb["attention_mask"], k=config.k, eta=config.eta, order=config.order,
                               base=base_loss, seed=seed)
             rm = train_reward_model(rm, tokenizer, pairs, config=replace(config.rm, seed=seed), loss_fn=loss).model
