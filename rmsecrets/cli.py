@@ -216,7 +216,7 @@ def resolve_voter(name: str):
     if name not in VOTERS: raise SystemExit(f"unknown --voter {name!r}; choose one of {sorted({'full', *VOTERS})}")
     return VOTERS[name]
 
-# %% ../nbs/12_cli.ipynb #bf6d9ec3
+# %% ../nbs/12_cli.ipynb #17f7b609
 def _table_or_world(data: str, part: str, columns: tuple):
     """A world folder's `part` (demonstrations or prompts), or a datasets-readable file/folder with `columns`."""
     from datasets import load_dataset, load_from_disk
@@ -268,7 +268,8 @@ def _meta_set(policy, tokenizer, prompts: list, args, out: Path):
         out.mkdir(parents=True, exist_ok=True)
         chosen = np.random.default_rng(args.seed).choice(len(prompts), min(args.meta_prompts, len(prompts)), replace=False)
         torch.manual_seed(args.seed)
-        s = sample(policy, tokenizer, [prompts[i] for i in chosen], k=args.k, temperature=args.meta_temperature)
+        s = sample(policy, tokenizer, [prompts[i] for i in chosen], k=args.k, temperature=args.meta_temperature,
+                   max_new_tokens=args.max_new_tokens)
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in zip(s.prompts, s.responses)))
         tmp.replace(path)
@@ -650,7 +651,7 @@ def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, args) -
                   "the last policy's samples")
     return {"summary": summary, "rounds": [{k: v for k, v in r.items() if k != "result"} for r in runs]}
 
-# %% ../nbs/12_cli.ipynb #39ed152b
+# %% ../nbs/12_cli.ipynb #9a402433
 def add_data_args(parser: argparse.ArgumentParser, split: str, tokenizer: bool = True) -> None:
     """The flags of every stage that reads preference pairs."""
     parser.add_argument("--data", required=True, help="a world folder, a data file or folder, or a hub name")
@@ -742,6 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
         mr.add_argument(flag, type=float, default=default, help=f"as in train-rm (default: {default})")
     mr.add_argument("--margin-clip", type=float, default=None, help="as in train-rm")
     mr.add_argument("--prompts-per-step", type=int, default=8, help="prompts in each meta batch X_s")
+    mr.add_argument("--max-new-tokens", type=int, default=24, help="cap on each sampled response of the meta set")
     mr.add_argument("--out", required=True, help="folder for meta_samples.jsonl, model/, metrics.json")
     add_config_args(mr, IterativeConfig, skip=("rounds", "rm_update", "seed"))
     add_config_args(mr, TrainConfig)
