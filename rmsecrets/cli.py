@@ -555,7 +555,7 @@ def demo_contrastive(report: Report, train, valid, tok, args) -> dict:
     report.figure(fig, "contrastive_features", "2-D PCA of the validation responses' features, better and worse by the truth")
     return {"summary": summary, "best": best["method"]}
 
-# %% ../nbs/12_cli.ipynb #2f0b68df
+# %% ../nbs/12_cli.ipynb #87e69b8e
 DEMO_PPO = dict(lr=1e-4, kl_coef=0.2)   # the world's PPO settings: β = 0.2 (08_ppo's sweep: 0.05 over-optimises a tiny RM)
 
 def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Path, args) -> dict:
@@ -636,7 +636,7 @@ def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, args) -
                "(mean ± seed-to-seed std):\n\n" + table(
                    [{"update": r["update"], "round": r["round"], "gold after the round": f"{r['gold']:.2f} ± {r['gold_std']:.2f}",
                      "ranking vs gold": f"{r['ranking_vs_gold']:.3f} ± {r['ranking_vs_gold_std']:.3f}" if r["round"] else "",
-                     "normalised |Δr|": f"{r['normalised_spread']:.3f} ± {r['normalised_spread_std']:.3f}" if r["round"] else "",
+                     "normalised \\|Δr\\|": f"{r['normalised_spread']:.3f} ± {r['normalised_spread_std']:.3f}" if r["round"] else "",
                      "validation accuracy": f"{r['validation_accuracy']:.3f} ± {r['validation_accuracy_std']:.3f}" if r["round"] else ""}
                     for r in summary])
                + f"\n\nAfter the last round, MetaRM minus the control: gold reward {_versus(last['MetaRM'], last['vanilla'], 'gold')}; "

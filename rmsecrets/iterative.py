@@ -134,7 +134,7 @@ def iterate(policy,  # the SFT policy (copied)
         state.wait_for_everyone()
     return IterativeResult(policy, rm, rows, evals)
 
-# %% ../nbs/10_iterative.ipynb #c803b34a
+# %% ../nbs/10_iterative.ipynb #25f6ec11
 def compare_iterative(sft_policy, reward_model, tokenizer, pairs, prompts: list, eval_prompts: list,
                       updates: dict,  # name -> IterativeConfig overrides, e.g. {"MetaRM": {"rm_update": "metarm"}}
                       seeds: tuple = (0, 1, 2), config: IterativeConfig = IterativeConfig(), **kwargs) -> list[dict]:
@@ -174,6 +174,7 @@ def plot_rounds(runs: list[dict], ax=None):
         rows = [r for r in summary if r["update"] == name]
         ax.errorbar([r["round"] for r in rows], [r["gold"] for r in rows], [r["gold_std"] for r in rows], marker="o",
                     capsize=3, label=name)
+    ax.set_xticks(sorted({r["round"] for r in summary}))
     ax.set_xlabel("round (0: SFT)"); ax.set_ylabel("gold reward r*"); ax.legend(fontsize=8)
     return ax
 
