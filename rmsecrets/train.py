@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['LossFn', 'PairOutput', 'pair_forward', 'bt_loss', 'bradley_terry', 'expected_calibration_error', 'pair_metrics',
            'score_pairs', 'evaluate', 'TrainConfig', 'EpochSampler', 'pair_lengths', 'LengthGroupedSampler',
-           'save_checkpoint', 'latest_checkpoint', 'NonFiniteLossError', 'TrainResult', 'train_reward_model',
-           'plot_learning_curves', 'plot_reward_gaps']
+           'disable_dropout', 'save_checkpoint', 'latest_checkpoint', 'NonFiniteLossError', 'TrainResult',
+           'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
 
 # %% ../nbs/03_training.ipynb #a11e90f6
 import json
@@ -134,7 +134,7 @@ def evaluate(model, ds: Dataset, pad_token_id: int, batch_size: int = 64, accele
     s = score_pairs(model, ds, pad_token_id, batch_size, accelerator)
     return pair_metrics(s["r_chosen"], s["r_rejected"], s.get("label_is_wrong"))
 
-# %% ../nbs/03_training.ipynb #0b75d5d9
+# %% ../nbs/03_training.ipynb #40ce5cc2
 @dataclass
 class TrainConfig:
     """Settings of the reward-model training loop."""
@@ -149,6 +149,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0    # global gradient-norm clip
     max_length: int = 512         # tokens per sequence when the loop has to tokenise
     group_by_length: bool = False # batch pairs of similar length (less padding; other batches than the default order)
+    disable_dropout: bool = False # set the model's dropout to 0 before training, in place (TRL's default)
     mixed_precision: str = "auto" # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
     eval_every: int = 0           # evaluate every this many steps (0: at the end only)
     eval_batch_size: int = 64     # pairs per evaluation forward
@@ -203,6 +204,14 @@ class LengthGroupedSampler(Sampler):
         order.remove(longest)
         return iter(np.concatenate([batches[i] for i in [longest, *order]] + short).tolist())
 
+# %% ../nbs/03_training.ipynb #011e5669
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout of `model` to 0, in place: `nn.Dropout` layers and float `attention_dropout` attributes."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout): m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float): m.attention_dropout = 0.0   # Llama-style attention
+    return model
+
 # %% ../nbs/03_training.ipynb #9d474b96
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: int) -> Path:
     """Write `accelerate` state and the loop's `state` to out_dir/checkpoints/step-N, atomically."""
@@ -255,7 +264,7 @@ def _log(accelerator, out_dir, history, line, tracker=False):
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
-# %% ../nbs/03_training.ipynb #be4009b4
+# %% ../nbs/03_training.ipynb #ac226a9d
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -281,6 +290,7 @@ def train_reward_model(
     if "chosen_input_ids" not in train_ds.column_names: train_ds = tokenize_pairs(train_ds, tokenizer, config.max_length)
     if eval_ds is not None and "chosen_input_ids" not in eval_ds.column_names:
         eval_ds = tokenize_pairs(eval_ds, tokenizer, config.max_length)
+    if config.disable_dropout: disable_dropout(model)                   # before a loss adds its own (contrastive views)
     if hasattr(loss_fn, "prepare_model"): loss_fn.prepare_model(model)   # before the optimiser sees the parameters
     views, forward = getattr(loss_fn, "views", 1), getattr(loss_fn, "forward", None)
     numeric = [c for c in train_ds.column_names if c.endswith("_input_ids") or c in ("margin", "label_is_wrong")

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 from rmsecrets.data import PairCollator, load_preferences, tokenize_pairs
 from rmsecrets.model import load_reward_model, make_reward_model, save_reward_model, score
 from rmsecrets.train import (EpochSampler, LengthGroupedSampler, NonFiniteLossError, PairOutput, TrainConfig, bradley_terry,
-                             bt_loss, evaluate, expected_calibration_error, latest_checkpoint, pair_forward, pair_lengths,
+                             bt_loss, disable_dropout, evaluate, expected_calibration_error, latest_checkpoint, pair_forward, pair_lengths,
                              pair_metrics, score_pairs, train_reward_model)
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
@@ -217,6 +217,47 @@ def test_group_by_length_pads_less_and_sees_every_pair(tok, world):
     assert losses(a.history) != losses(b.history)                          # other batches, another curve
     c = train(tok, world["train"], cfg(batch_size=16, epochs=1, group_by_length=True))
     assert c.history == b.history                                          # same seed, same curve
+
+
+def tiny_bert(tok):
+    "A small randomly initialised BERT reward model: dropout 0.1 on hidden states and attention probabilities."
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=1,
+                                                    pad_token_id=tok.pad_token_id))
+
+
+def dropout_rates(model) -> set:
+    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+
+def test_disable_dropout_turns_off_every_kind(tok, world):
+    batch = PairCollator(tok.pad_token_id)([world["train"][i] for i in range(4)])
+    bert = tiny_bert(tok).train()
+    assert dropout_rates(bert) == {0.1}
+    assert not torch.equal(pair_forward(bert, batch).r_chosen, pair_forward(bert, batch).r_chosen)
+    assert disable_dropout(bert) is bert and dropout_rates(bert) == {0.0}
+    assert torch.equal(pair_forward(bert, batch).r_chosen, pair_forward(bert, batch).r_chosen)
+    from rmsecrets.contrastive import add_dropout                       # Llama: a float attention_dropout as well
+    llama = add_dropout(make_reward_model("tiny", tok, seed=0), 0.3)
+    attention = [m for m in llama.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+    assert attention and all(m.attention_dropout == 0.3 for m in attention)
+    disable_dropout(llama)
+    assert all(m.attention_dropout == 0.0 for m in attention) and dropout_rates(llama) <= {0.0}
+
+
+def test_train_disable_dropout_runs_before_the_loss_adds_its_own(tok, world):
+    kept = train_reward_model(tiny_bert(tok), tok, world["train"], config=cfg(max_steps=2)).model
+    assert dropout_rates(kept) == {0.1}                                   # off by default
+    off = train_reward_model(tiny_bert(tok), tok, world["train"], config=cfg(max_steps=2, disable_dropout=True))
+    assert dropout_rates(off.model) == {0.0}
+    again = train_reward_model(tiny_bert(tok), tok, world["train"], config=cfg(max_steps=2, disable_dropout=True))
+    assert again.history == off.history
+    from rmsecrets.contrastive import Contrastive                         # the views' dropout survives
+    views = train_reward_model(tiny_bert(tok), tok, world["train"], config=cfg(max_steps=2, disable_dropout=True),
+                               loss_fn=Contrastive("simcse", dropout=0.05)).model
+    assert dropout_rates(views) == {0.05}
 
 
 # ---------------------------------------------------------------- 3. a killed run resumes on the same curve
