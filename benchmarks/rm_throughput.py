@@ -7,7 +7,8 @@ Each row trains a copy of the same model on the same tokenised pairs for one epo
 forward hook stamps the start of each step's forward; the window runs from the first step's forward to the next
 epoch's first forward, where the run is stopped). Tokenisation, model construction and the trainer's set-up are
 outside the window; one untimed forward and backward on a copy warms each run up. The rows run interleaved (A, B,
-A, B, ...) so that a busy machine slows them alike; the tables give medians over the repeats, and each row's rate
+C, then C, B, A, ...) so that a busy machine slows them alike and no row always runs first; the tables give medians
+over the repeats, and each row's rate
 against TRL (matched) both as a ratio of medians and as the median of the ratios within one repeat ("paired").
 
 Rows:
@@ -169,8 +170,8 @@ def compare(name, model, tok, ds, batch_size, lr, repeats, trl_modes):
     for mode in trl_modes:
         rows[TRL_ROWS[mode]] = lambda mode=mode: run_trl(model, tok, ds, order, batch_size, lr, mode)
     got = {k: [] for k in rows}
-    for _ in range(repeats):
-        for k, fn in rows.items():
+    for r in range(repeats):                       # A B C ..., then ... C B A: no row always runs first or last
+        for k, fn in (list(rows.items()) if r % 2 == 0 else list(rows.items())[::-1]):
             AcceleratorState._reset_state(reset_partial_state=True)
             warm_up(model, ds, batch_size)
             got[k].append(fn())

@@ -5,7 +5,7 @@
 
 World: every voter of `rmsecrets.voters.VOTERS` votes on the same world pairs with the same `StrengthConfig`
 (M voters, tiny backbone, 2 epochs, lr 2e-3), run after one another and repeated interleaved (full, single, ...,
-full, single, ...); seconds are medians over the repeats, quality (the same every repeat: everything is seeded)
+then ..., single, full); seconds are medians over the repeats, quality (the same every repeat: everything is seeded)
 is measured against the world's truth by `compare_votes`: AUROC of −μ̂ for wrong labels (all; injected only),
 Spearman of μ̂ with the true margin, each with its difference from the full ensemble, and Spearman with the full
 ensemble's μ̂.
@@ -58,8 +58,8 @@ def world_comparison(args) -> list:
     names = [n for n in VOTERS if n in args.names and (n != "lora" or importlib.util.find_spec("peft"))]
     names = ["full"] + [n for n in names if n != "full"]
     votes, seconds = {}, {n: [] for n in names}
-    for r in range(args.repeats):                                           # interleaved: full, single, ..., full, ...
-        for n in names:
+    for r in range(args.repeats):                                 # interleaved: full, single, ..., then ..., single, full
+        for n in (names if r % 2 == 0 else names[::-1]):
             v = VOTERS[n](pairs, tok, config)
             seconds[n].append(v.seconds)
             if r == 0: votes[n] = v
