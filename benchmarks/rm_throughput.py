@@ -8,8 +8,8 @@ forward hook stamps the start of each step's forward; the window runs from the f
 epoch's first forward, where the run is stopped). Tokenisation, model construction and the trainer's set-up are
 outside the window; one untimed forward and backward on a copy warms each run up. The rows run interleaved (A, B,
 C, then C, B, A, ...) so that a busy machine slows them alike and no row always runs first; the tables give medians
-over the repeats, and each row's rate
-against TRL (matched) both as a ratio of medians and as the median of the ratios within one repeat ("paired").
+over the repeats, and each row's rate against TRL (matched) both as a ratio of medians and as the median of the
+ratios within one repeat ("paired").
 
 Rows:
 - rmsecrets: `train_reward_model`, fp32, AdamW, cosine schedule with 5% warm-up, gradient clip 1.0, dropout as the
@@ -18,8 +18,9 @@ Rows:
 - rmsecrets, disable_dropout / both: only for a model with dropout (MiniLM): `TrainConfig(disable_dropout=True)`
   (every dropout set to 0, as TRL's default `disable_dropout=True` does), alone and with `group_by_length`.
 - TRL, matched: `RewardTrainer` on rmsecrets' token ids, fed in rmsecrets' batch order (the same batches), with
-  rmsecrets' settings: bf16 off, gradient checkpointing off, `optim="adamw_torch"`, cosine schedule, the same warm-up steps, dropout
-  kept, logging once, no evaluation, no saving, no progress bar, no dataloader workers.
+  rmsecrets' settings: bf16 off, gradient checkpointing off, `optim="adamw_torch"`, cosine schedule, the same
+  warm-up steps, dropout kept, logging once, no evaluation, no saving, no progress bar, no dataloader workers. The
+  run prints a check that both trainers log the same losses and gradient norms over their first steps.
 - TRL, defaults (fp32): `RewardConfig`'s own defaults (gradient checkpointing on, dropout disabled,
   `adamw_torch_fused`, linear schedule without warm-up, logging every 10 steps), except `bf16=False`; same batches.
 - TRL, defaults (bf16) (`--trl-bf16`): the defaults as they are (bf16 autocast). This CPU has no bf16 matrix units, so
