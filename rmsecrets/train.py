@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['LossFn', 'PairOutput', 'pair_forward', 'bt_loss', 'bradley_terry', 'expected_calibration_error', 'pair_metrics',
-           'score_pairs', 'evaluate', 'TrainConfig', 'EpochSampler', 'save_checkpoint', 'latest_checkpoint',
-           'NonFiniteLossError', 'TrainResult', 'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
+           'score_pairs', 'evaluate', 'TrainConfig', 'EpochSampler', 'pair_lengths', 'LengthGroupedSampler',
+           'disable_dropout', 'save_checkpoint', 'latest_checkpoint', 'NonFiniteLossError', 'TrainResult',
+           'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
 
-# %% ../nbs/03_training.ipynb #c769ef2e
+# %% ../nbs/03_training.ipynb #a11e90f6
 import json
 import math
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -132,7 +134,7 @@ def evaluate(model, ds: Dataset, pad_token_id: int, batch_size: int = 64, accele
     s = score_pairs(model, ds, pad_token_id, batch_size, accelerator)
     return pair_metrics(s["r_chosen"], s["r_rejected"], s.get("label_is_wrong"))
 
-# %% ../nbs/03_training.ipynb #ef97312e
+# %% ../nbs/03_training.ipynb #40ce5cc2
 @dataclass
 class TrainConfig:
     """Settings of the reward-model training loop."""
@@ -146,6 +148,8 @@ class TrainConfig:
     schedule: str = "cosine"      # decay after warm-up: "cosine", "linear" or "constant_with_warmup"
     max_grad_norm: float = 1.0    # global gradient-norm clip
     max_length: int = 512         # tokens per sequence when the loop has to tokenise
+    group_by_length: bool = False # batch pairs of similar length (less padding; other batches than the default order)
+    disable_dropout: bool = False # set the model's dropout to 0 before training, in place (TRL's default)
     mixed_precision: str = "auto" # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
     eval_every: int = 0           # evaluate every this many steps (0: at the end only)
     eval_batch_size: int = 64     # pairs per evaluation forward
@@ -166,6 +170,47 @@ class EpochSampler(Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
+
+# %% ../nbs/03_training.ipynb #43f43d1e
+def pair_lengths(ds: Dataset,  # tokenised pairs (`tokenize_pairs`)
+                 ) -> np.ndarray:
+    """Tokens each pair is padded to, max(len(chosen), len(rejected)): [N], read from Arrow without Python lists."""
+    arrow = ds.with_format("arrow")
+    chosen, rejected = (pc.list_value_length(arrow[k]).to_numpy(zero_copy_only=False)
+                        for k in ("chosen_input_ids", "rejected_input_ids"))
+    return np.maximum(chosen, rejected)
+
+class LengthGroupedSampler(Sampler):
+    """`EpochSampler`'s permutation regrouped so that each run of `batch_size` indices holds pairs of similar length."""
+    def __init__(self, lengths: np.ndarray,  # [N] tokens per pair (`pair_lengths`)
+                 batch_size: int,  # pairs per batch, as the DataLoader cuts them
+                 seed: int,  # with the epoch, the only source of the order
+                 bucket_batches: int = 50,  # batches per bucket sorted by length (1: no grouping)
+                 ):
+        self.lengths, self.batch_size, self.seed, self.bucket_batches, self.epoch = np.asarray(lengths), batch_size, seed, bucket_batches, 0
+    def __len__(self): return len(self.lengths)
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).numpy()           # [N] EpochSampler's order
+        B, size = self.batch_size, self.batch_size * self.bucket_batches
+        batches = []
+        for start in range(0, len(perm), size):                                 # sort each bucket, longest first
+            bucket = perm[start:start + size]
+            bucket = bucket[np.argsort(-self.lengths[bucket], kind="stable")]
+            batches += [bucket[i:i + B] for i in range(0, len(bucket), B)]
+        short = [batches.pop()] if len(batches[-1]) < B else []                 # at most one, from the last bucket
+        order = torch.randperm(len(batches), generator=g).tolist()
+        longest = max(order, key=lambda i: self.lengths[batches[i]].max())
+        order.remove(longest)
+        return iter(np.concatenate([batches[i] for i in [longest, *order]] + short).tolist())
+
+# %% ../nbs/03_training.ipynb #011e5669
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout of `model` to 0, in place: `nn.Dropout` layers and float `attention_dropout` attributes."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout): m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float): m.attention_dropout = 0.0   # Llama-style attention
+    return model
 
 # %% ../nbs/03_training.ipynb #9d474b96
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, state: dict, keep: int) -> Path:
@@ -219,7 +264,7 @@ def _log(accelerator, out_dir, history, line, tracker=False):
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
-# %% ../nbs/03_training.ipynb #1274be36
+# %% ../nbs/03_training.ipynb #ac226a9d
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -245,11 +290,13 @@ def train_reward_model(
     if "chosen_input_ids" not in train_ds.column_names: train_ds = tokenize_pairs(train_ds, tokenizer, config.max_length)
     if eval_ds is not None and "chosen_input_ids" not in eval_ds.column_names:
         eval_ds = tokenize_pairs(eval_ds, tokenizer, config.max_length)
+    if config.disable_dropout: disable_dropout(model)                   # before a loss adds its own (contrastive views)
     if hasattr(loss_fn, "prepare_model"): loss_fn.prepare_model(model)   # before the optimiser sees the parameters
     views, forward = getattr(loss_fn, "views", 1), getattr(loss_fn, "forward", None)
     numeric = [c for c in train_ds.column_names if c.endswith("_input_ids") or c in ("margin", "label_is_wrong")
                or c.startswith("strength_") or c.startswith("gold_")]
-    sampler = EpochSampler(len(train_ds), config.seed)
+    sampler = (LengthGroupedSampler(pair_lengths(train_ds), config.batch_size, config.seed) if config.group_by_length
+               else EpochSampler(len(train_ds), config.seed))
     loader = DataLoader(train_ds.select_columns(numeric), batch_size=config.batch_size, sampler=sampler,
                         collate_fn=PairCollator.from_tokenizer(tokenizer), drop_last=False)
     batches_per_epoch = math.ceil(len(train_ds) / (config.batch_size * acc.num_processes))

@@ -17,9 +17,9 @@ from transformers import PreTrainedTokenizerFast
 
 from rmsecrets.data import PairCollator, load_preferences, tokenize_pairs
 from rmsecrets.model import load_reward_model, make_reward_model, save_reward_model, score
-from rmsecrets.train import (EpochSampler, NonFiniteLossError, PairOutput, TrainConfig, bradley_terry, bt_loss, evaluate,
-                             expected_calibration_error, latest_checkpoint, pair_forward, pair_metrics, score_pairs,
-                             train_reward_model)
+from rmsecrets.train import (EpochSampler, LengthGroupedSampler, NonFiniteLossError, PairOutput, TrainConfig, bradley_terry,
+                             bt_loss, disable_dropout, evaluate, expected_calibration_error, latest_checkpoint, pair_forward, pair_lengths,
+                             pair_metrics, score_pairs, train_reward_model)
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
 torch.set_num_threads(1)
@@ -161,6 +161,105 @@ def test_epoch_sampler_depends_on_seed_and_epoch_only():
     assert list(EpochSampler(50, seed=4)) != first
 
 
+def batches_of(order: list, size: int) -> list:
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def test_length_grouped_sampler_groups_and_depends_on_seed_and_epoch_only():
+    lengths = np.random.default_rng(0).integers(10, 500, 203)             # hh-like spread; 203 = 12 batches of 16 + 11
+    s = LengthGroupedSampler(lengths, batch_size=16, seed=3, bucket_batches=4)
+    first = list(s)
+    assert sorted(first) == list(range(203)) and list(LengthGroupedSampler(lengths, 16, 3, 4)) == first
+    batches = batches_of(first, 16)
+    assert [len(b) for b in batches] == [16] * 12 + [11]                  # the short batch last
+    assert lengths[batches[0]].max() == lengths.max()                     # the longest batch first
+    # padded tokens (every pair padded to its batch's longest) against the real ones
+    padded = lambda order: sum(len(b) * lengths[b].max() for b in batches_of(order, 16))
+    plain = list(EpochSampler(203, seed=3))
+    assert padded(first) < 0.8 * padded(plain)
+    # each batch comes from one bucket of 4 × 16 pairs of EpochSampler's permutation, sorted longest first
+    buckets = [set(plain[i:i + 64]) for i in range(0, 203, 64)]
+    assert all(any(set(b) <= k for k in buckets) for b in batches)
+    for k in buckets:
+        inside = [i for i in first if i in k]                               # the bucket's pairs, in batch order
+        mine = [b for b in batches if set(b) <= k]
+        assert sorted(lengths[inside].tolist()) == sorted(lengths[list(k)].tolist())
+        spans = sorted((lengths[b].min(), lengths[b].max()) for b in mine)
+        assert all(hi_prev <= lo for (_, hi_prev), (lo, _) in zip(spans, spans[1:]))   # batches do not overlap in length
+    s.epoch = 1
+    assert list(s) != first and sorted(s) == list(range(203))
+    s.epoch = 0
+    assert list(s) == first and list(LengthGroupedSampler(lengths, 16, 4, 4)) != first
+    # one batch per bucket: the same batches as EpochSampler's, only reordered
+    same = batches_of(list(LengthGroupedSampler(lengths, 16, 3, bucket_batches=1)), 16)
+    assert sorted(map(sorted, same)) == sorted(map(sorted, batches_of(plain, 16)))
+
+
+def test_pair_lengths_reads_both_sides(world):
+    ds = world["train"].select([5, 0, 17])                                 # through an indices mapping
+    expect = [max(len(c), len(r)) for c, r in zip(ds["chosen_input_ids"], ds["rejected_input_ids"])]
+    assert pair_lengths(ds).tolist() == expect
+
+
+def test_group_by_length_pads_less_and_sees_every_pair(tok, world):
+    def recording(into):
+        def loss_fn(out, batch):
+            into.append((len(out.r_chosen), batch["attention_mask"].sum().item(), batch["attention_mask"].numel()))
+            return bradley_terry(out, batch)
+        return loss_fn
+    plain, grouped = [], []
+    a = train(tok, world["train"], cfg(batch_size=16, epochs=1), loss_fn=recording(plain))
+    b = train(tok, world["train"], cfg(batch_size=16, epochs=1, group_by_length=True), loss_fn=recording(grouped))
+    assert sum(n for n, _, _ in grouped) == sum(n for n, _, _ in plain) == len(world["train"])
+    assert sum(r for _, r, _ in grouped) == sum(r for _, r, _ in plain)   # the same real tokens ...
+    share = lambda rec: sum(r for _, r, _ in rec) / sum(t for _, _, t in rec)
+    assert share(grouped) > share(plain) + 0.1                             # ... in fewer padded ones
+    assert losses(a.history) != losses(b.history)                          # other batches, another curve
+    c = train(tok, world["train"], cfg(batch_size=16, epochs=1, group_by_length=True))
+    assert c.history == b.history                                          # same seed, same curve
+
+
+def tiny_bert(tok):
+    "A small randomly initialised BERT reward model: dropout 0.1 on hidden states and attention probabilities."
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=1,
+                                                    pad_token_id=tok.pad_token_id))
+
+
+def dropout_rates(model) -> set:
+    return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+
+def test_disable_dropout_turns_off_every_kind(tok, world):
+    batch = PairCollator(tok.pad_token_id)([world["train"][i] for i in range(4)])
+    bert = tiny_bert(tok).train()
+    assert dropout_rates(bert) == {0.1}
+    assert not torch.equal(pair_forward(bert, batch).r_chosen, pair_forward(bert, batch).r_chosen)
+    assert disable_dropout(bert) is bert and dropout_rates(bert) == {0.0}
+    assert torch.equal(pair_forward(bert, batch).r_chosen, pair_forward(bert, batch).r_chosen)
+    from rmsecrets.contrastive import add_dropout                       # Llama: a float attention_dropout as well
+    llama = add_dropout(make_reward_model("tiny", tok, seed=0), 0.3)
+    attention = [m for m in llama.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+    assert attention and all(m.attention_dropout == 0.3 for m in attention)
+    disable_dropout(llama)
+    assert all(m.attention_dropout == 0.0 for m in attention) and dropout_rates(llama) <= {0.0}
+
+
+def test_train_disable_dropout_runs_before_the_loss_adds_its_own(tok, world):
+    kept = train_reward_model(tiny_bert(tok), tok, world["train"], config=cfg(max_steps=2)).model
+    assert dropout_rates(kept) == {0.1}                                   # off by default
+    off = train_reward_model(tiny_bert(tok), tok, world["train"], config=cfg(max_steps=2, disable_dropout=True))
+    assert dropout_rates(off.model) == {0.0}
+    again = train_reward_model(tiny_bert(tok), tok, world["train"], config=cfg(max_steps=2, disable_dropout=True))
+    assert again.history == off.history
+    from rmsecrets.contrastive import Contrastive                         # the views' dropout survives
+    views = train_reward_model(tiny_bert(tok), tok, world["train"], config=cfg(max_steps=2, disable_dropout=True),
+                               loss_fn=Contrastive("simcse", dropout=0.05)).model
+    assert dropout_rates(views) == {0.05}
+
+
 # ---------------------------------------------------------------- 3. a killed run resumes on the same curve
 
 class Killed(Exception):
@@ -207,6 +306,17 @@ def test_resume_continues_the_same_curve(tok, world, pairs76, uninterrupted, tmp
     # metrics.jsonl restarts from the checkpoint's history: the killed run's lines past the checkpoint are gone
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines == a.history
+
+
+def test_group_by_length_resumes_on_the_same_curve(tok, world, pairs76, tmp_path):
+    grouped = cfg(**RESUME, group_by_length=True)
+    a = train(tok, pairs76, grouped)
+    with pytest.raises(Killed):
+        train(tok, pairs76, grouped, out_dir=tmp_path, loss_fn=dies_after(18))
+    assert latest_checkpoint(tmp_path).name == "step-0000015"               # mid second epoch
+    b = train(tok, pairs76, grouped, seed=7, out_dir=tmp_path)
+    assert len(losses(a.history)) == 20 and b.history == a.history
+    assert same_weights(weights(a.model), weights(b.model))
 
 
 def test_checkpoints_and_outputs(uninterrupted, tok):
