@@ -30,7 +30,7 @@ def test_help_lists_every_stage():
 
 
 def test_demo_quick_writes_the_report(tmp_path):
-    sh("rmsecrets", "demo", "--quick", "--quiet", "--out", str(tmp_path / "demo"))
+    sh("rmsecrets", "demo", "--quick", "--quiet", "--out", str(tmp_path / "demo"), timeout=900)   # ~2 min; a hang guard
     report = (tmp_path / "demo" / "report.md").read_text()
     for png in ("world_label_noise.png", "rm_training.png", "label_tricks.png", "contrastive_features.png", "ppo.png",
                 "iterative.png"):
