@@ -15,14 +15,11 @@ Every number is measured in this run, on this machine; nothing is asserted.
 """
 import argparse
 import copy
-import os
 import statistics
 import time
 import warnings
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import HH, table  # sets the offline environment first
 
 import datasets
 import numpy as np
@@ -37,15 +34,6 @@ from rmsecrets.scale import ModelShape, train_flops
 from rmsecrets.train import bt_loss, disable_dropout, pair_forward
 from rmsecrets.voters import minilm_folder
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
-
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-
-
-def table(rows):
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for r in rows: print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-
 
 def matmul_peak(n: int, repeats: int = 5) -> float:
     """FLOP/s of the fastest of `repeats` n×n fp32 products (after one untimed)."""

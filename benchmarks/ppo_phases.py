@@ -15,12 +15,7 @@ from rmsecrets.model import make_reward_model
 from rmsecrets.policy import make_policy
 from rmsecrets.ppo import PPOConfig, ppo
 from rmsecrets.world import WorldConfig, make_prompts, make_tokenizer
-
-
-def table(rows):
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for r in rows: print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+from _common import table
 
 
 def generation(backbone, tok, prompts, new_tokens, repeats=3):

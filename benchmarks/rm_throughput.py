@@ -31,15 +31,12 @@ Every comparison is measured side by side in this run, on this machine; nothing 
 """
 import argparse
 import copy
-import os
 import statistics
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import HH, table  # sets the offline environment first
 
 import datasets
 import numpy as np
@@ -54,15 +51,6 @@ from rmsecrets.model import make_reward_model
 from rmsecrets.train import EpochSampler, TrainConfig, pair_forward, pair_lengths, train_reward_model
 from rmsecrets.voters import minilm_folder
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
-
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-
-
-def table(rows):
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for r in rows: print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-
 
 class Stop(Exception):
     "Raised by the timing hook once the epoch is over."

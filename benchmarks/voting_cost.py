@@ -19,15 +19,12 @@ Every comparison is measured side by side in this run, on this machine; nothing 
 """
 import argparse
 import importlib.util
-import os
 import statistics
 import time
 import warnings
 from dataclasses import replace
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import HH, table  # sets the offline environment first
 
 import datasets
 import numpy as np
@@ -39,15 +36,6 @@ from rmsecrets.strength import StrengthConfig, annotate, spearman, strength_stat
 from rmsecrets.train import TrainConfig
 from rmsecrets.voters import VOTERS, compare_votes, feature_votes, load_encoder, minilm_folder, pair_features
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
-
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-
-
-def table(rows):
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for r in rows: print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-
 
 def world_comparison(args) -> list:
     tok = make_tokenizer()
