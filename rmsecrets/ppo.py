@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['masked_mean', 'whiten', 'RunningMoments', 'token_rewards', 'gae', 'policy_loss', 'value_loss', 'response_logprobs',
-           'token_values', 'PPOConfig', 'PPOResult', 'evaluate_policy', 'ppo', 'compare_ppo', 'summarise_ppo',
-           'plot_ppo']
+           'token_values', 'PPOConfig', 'PPOResult', 'evaluate_policy', 'AdapterOff', 'lora_is_zero',
+           'reference_policy', 'ppo', 'compare_ppo', 'summarise_ppo', 'plot_ppo']
 
-# %% ../nbs/08_ppo.ipynb #c32d9409
+# %% ../nbs/08_ppo.ipynb #faea72bc
 import copy
 import json
 import math
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
-from .model import reward_head
+from .model import add_lora, merge_lora, reward_head
 from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy
 
 # %% ../nbs/08_ppo.ipynb #39afc719
@@ -127,7 +127,7 @@ def token_values(critic, s: Samples, pad_id: int) -> torch.Tensor:
     tp = s.prompt_ids.shape[1]
     return head[:, tp - 1:-1, 0].float() * mask[:, tp:]
 
-# %% ../nbs/08_ppo.ipynb #28d4e2df
+# %% ../nbs/08_ppo.ipynb #84d02d93
 @dataclass
 class PPOConfig:
     """PPO-max settings (the paper's where it gives them; scaled for tiny models where marked)."""
@@ -149,6 +149,9 @@ class PPOConfig:
     critic_from_rm: bool = True   # initialise the critic from the reward model (else a fresh reward-model-shaped net)
     critic_warmup: int = 5        # iterations that train only the critic before the policy moves
     max_grad_norm: float | None = 1.0  # global gradient clipping per model; None switches it off
+    lora_r: int = 0               # LoRA rank of policy and critic (0: every weight trains); the reference is then the policy with its adapter off
+    lora_alpha: float = 16        # the LoRA update is scaled by lora_alpha / lora_r
+    lora_targets: str = "all-linear"  # layers to adapt: all-linear, or a comma list such as q_proj,v_proj
     ptx_coef: float = 0.0         # weight of the SFT (ptx) loss on demonstrations; 0 switches it off
     temperature: float = 0.8      # sampling (the paper's)
     top_p: float = 0.9            # sampling (the paper's)
@@ -166,7 +169,7 @@ class PPOResult:
     history: list                 # one dict per iteration: rewards, KL, losses, time per phase
     evals: list                   # one dict per evaluation: gold, proxy, KL, spread
 
-# %% ../nbs/08_ppo.ipynb #5ade36e8
+# %% ../nbs/08_ppo.ipynb #446c9b64
 @torch.no_grad()
 def evaluate_policy(policy, ref_policy, reward_model, rm_tokenizer, tokenizer, prompts: list, config: PPOConfig,
                     gold_fn=gold_scores,  # Samples -> [N] gold rewards (None: no gold, e.g. for real prompts)
@@ -184,6 +187,33 @@ def evaluate_policy(policy, ref_policy, reward_model, rm_tokenizer, tokenizer, p
         out |= {"gold": float(gold.mean()), "gold_spread": reward_spread(gold, config.eval_k)}
     return out
 
+# %% ../nbs/08_ppo.ipynb #332bb0f7
+class AdapterOff:
+    """A LoRA model called with its adapter switched off: PPO's reference without a second copy of the weights."""
+    def __init__(self, model): self.model = model
+    def __call__(self, *args, **kwargs):
+        with self.model.disable_adapter(): return self.model(*args, **kwargs)
+    def parameters(self): return self.model.parameters()
+
+def lora_is_zero(model) -> bool:
+    """Whether every LoRA update B·A of `model` is still zero (a fresh adapter: the model equals its base)."""
+    return all(not p.any() for n, p in model.named_parameters() if "lora_B" in n)
+
+def _lora(model, config: PPOConfig):
+    """`model` with a fresh LoRA adapter as `config` asks (no adapter dropout: PPO runs its models in eval mode)."""
+    targets = config.lora_targets if config.lora_targets == "all-linear" else [t for t in config.lora_targets.split(",") if t]
+    return add_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0, target_modules=targets, seed=config.seed)
+
+def reference_policy(policy, config: PPOConfig):
+    """(the policy to train, π_ref): a frozen copy as reference, or with `config.lora_r` the LoRA policy with its adapter off."""
+    if not config.lora_r: return policy, copy.deepcopy(policy).eval().requires_grad_(False)
+    if not hasattr(policy, "disable_adapter"): policy = _lora(policy, config)
+    elif not lora_is_zero(policy):
+        raise ValueError("the policy's LoRA adapter is already trained, so with it off the policy is not the one PPO starts "
+                         "from: merge it first (rmsecrets.model.merge_lora) and PPO adds a fresh adapter")
+    return policy, AdapterOff(policy)
+
+# %% ../nbs/08_ppo.ipynb #0a856f71
 def ppo(policy,  # the SFT policy (trained in place)
         reward_model,  # a decoder reward model (frozen); also the critic's initialisation
         tokenizer,  # the policy's tokenizer
@@ -198,17 +228,23 @@ def ppo(policy,  # the SFT policy (trained in place)
         ) -> PPOResult:
     """PPO-max: train `policy` on `reward_model`'s scores with a KL penalty to its starting point."""
     acc = accelerator or Accelerator()
+    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise NotImplementedError(f"ppo prepares two models with optimisers of their own and no data loader, which "
+                                  f"{acc.distributed_type.value} does not take: run it under DDP "
+                                  f"(configs/accelerate/ddp.yaml), with LoRA (lora_r > 0) for large models")
     set_seed(config.seed)
     rm_tokenizer, pad = rm_tokenizer or tokenizer, tokenizer.pad_token_id
-    ref = copy.deepcopy(policy).eval().requires_grad_(False).to(acc.device)                 # π_ref: the SFT policy
+    policy, ref = reference_policy(policy, config)                                         # π_ref: the SFT policy
+    if not config.lora_r: ref = ref.to(acc.device)
     reward_model = reward_model.to(acc.device)                                              # scored under no_grad only
     critic = copy.deepcopy(reward_model).requires_grad_(True)                             # V: the reward model's shape
     if not config.critic_from_rm:                                                          # ... with fresh weights
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed); critic.apply(critic._init_weights)
+    if config.lora_r: critic = _lora(merge_lora(critic), config)                          # frozen trunk, head trained
     policy.eval(); critic.eval()   # no dropout: the ratio must compare the same function (gradients still flow)
-    opt = torch.optim.AdamW(policy.parameters(), lr=config.lr)
-    copt = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr)
+    copt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=config.critic_lr)
     policy, critic, opt, copt = acc.prepare(policy, critic, opt, copt)
     eval_prompts = eval_prompts or prompts[:config.eval_prompts]
     rng = np.random.default_rng([config.seed, acc.process_index])
@@ -287,6 +323,8 @@ def ppo(policy,  # the SFT policy (trained in place)
         bar.set_postfix(proxy=f"{h['proxy']:.2f}", kl=f"{h['kl']:.2f}")
         if (config.eval_every and it % config.eval_every == 0) or it == config.iterations: _evaluate(it)
     policy, critic = acc.unwrap_model(policy).eval(), acc.unwrap_model(critic).eval()
+    if config.lora_r:   # plain models again: W ← W + (α/r)·B·A in place, every weight trainable as it came in
+        policy, critic = policy.merge_and_unload().requires_grad_(True), critic.merge_and_unload().requires_grad_(True)
     if out_dir is not None and acc.is_main_process:
         save_policy(policy, tokenizer, out_dir / "policy")
         (out_dir / "metrics.json").write_text(json.dumps({"config": asdict(config), "first": evals[0], "last": evals[-1],

@@ -78,13 +78,63 @@ def test_sft_train_rm_ppo_from_the_command_line(tmp_path):
     assert [h["iteration"] for h in history] == [1, 2] and history[0]["critic_only"] and not history[1]["critic_only"]
     assert [e["iteration"] for e in evals] == [0, 2] and all(np.isfinite(e["gold"]) for e in evals)
     assert (tmp_path / "ppo" / "policy" / "model.safetensors").exists()
-    # the same under accelerate with two CPU processes
+    # the same under accelerate with two CPU processes, LoRA on policy and critic (the 7B path)
     ddp = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli",
                           "ppo", "--policy", str(tmp_path / "sft" / "model"), "--reward-model", str(tmp_path / "rm" / "model"),
                           "--prompts", str(tmp_path / "w"), "--out", str(tmp_path / "ddp"), "--iterations", "2",
                           "--critic-warmup", "1", "--rollout-prompts", "4", "--eval-prompts", "4", "--eval-every", "0",
-                          "--progress", "false"], capture_output=True, text=True, timeout=600,
+                          "--lora-r", "4", "--progress", "false"], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["num_processes"] == 2
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["config"]["lora_r"] == 4 and metrics["first"]["kl"] == 0
+    from safetensors.torch import load_file
+    assert not any("lora" in k for k in load_file(tmp_path / "ddp" / "policy" / "model.safetensors"))   # merged
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    from rmsecrets.model import make_reward_model
+    from rmsecrets.policy import make_policy
+    from rmsecrets.world import WorldConfig, make_prompts, make_tokenizer
+    tok = make_tokenizer()
+    prompts = list(make_prompts(WorldConfig(n_prompts=40))["prompt"])
+    return make_policy("tiny", tok, seed=0), make_reward_model("tiny", tok, seed=1), tok, prompts
+
+
+def test_ppo_with_lora_trains_only_the_adapters_against_the_adapter_free_reference(tiny_setup):
+    import copy
+    from rmsecrets.ppo import PPOConfig, ppo
+    sft, rm, tok, prompts = tiny_setup
+    rm_before = copy.deepcopy(rm.state_dict())
+    config = PPOConfig(iterations=2, critic_warmup=1, rollout_prompts=8, mini_batch=8, eval_prompts=4, eval_every=0,
+                       max_new_tokens=8, lora_r=4, lr=1e-2, critic_lr=1e-2, progress=False)
+    res = ppo(copy.deepcopy(sft), rm, tok, prompts, config)
+    assert res.evals[0]["kl"] == 0.0 and res.evals[-1]["kl"] != 0.0     # reference = the policy with its adapter off
+    for model in (res.policy, res.critic):                                # merged back into plain, trainable models
+        assert not hasattr(model, "disable_adapter") and all(p.requires_grad for p in model.parameters())
+    before, after = sft.state_dict(), res.policy.state_dict()
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all(n.endswith("_proj.weight") for n in moved), moved   # the adapted linear layers only
+    assert "model.embed_tokens.weight" not in moved and "lm_head.weight" not in moved
+    critic_moved = {n for n, w in rm_before.items() if not torch.equal(w, res.critic.state_dict()[n])}
+    assert "score.weight" in critic_moved and "model.embed_tokens.weight" not in critic_moved   # head trained fully
+    assert all(torch.equal(w, rm.state_dict()[n]) for n, w in rm_before.items())                  # the reward model as it was
+
+
+def test_ppo_refuses_a_trained_adapter_and_deepspeed(tiny_setup):
+    import copy
+    from types import SimpleNamespace
+    from accelerate.utils import DistributedType
+    from rmsecrets.model import add_lora
+    from rmsecrets.ppo import PPOConfig, ppo, reference_policy
+    sft, rm, tok, prompts = tiny_setup
+    policy = add_lora(copy.deepcopy(sft), r=4)
+    policy, ref = reference_policy(policy, PPOConfig(lora_r=4))           # a fresh adapter is taken as it is
+    with torch.no_grad():
+        next(p for n, p in policy.named_parameters() if "lora_B" in n).fill_(0.1)
+    with pytest.raises(ValueError, match="already trained"): reference_policy(policy, PPOConfig(lora_r=4))
+    for kind in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        with pytest.raises(NotImplementedError, match="DDP"):
+            ppo(sft, rm, tok, prompts, PPOConfig(), accelerator=SimpleNamespace(distributed_type=kind))

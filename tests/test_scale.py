@@ -72,3 +72,32 @@ def test_stage_costs_order_as_expected():
     assert ppo[0]["total_gb"] - ppo[1]["total_gb"] == pytest.approx(2 * LLAMA2_7B.params("lm") / 1e9)
     with pytest.raises(ValueError, match="unknown stage"):
         stage_cost("dpo", LLAMA2_7B, Setup())
+
+
+def _shell_commands(markdown: str) -> list[str]:
+    """The commands of the ```bash blocks in `markdown`, continuation lines joined, comments dropped."""
+    import re
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", markdown, re.S):
+        out += [c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip() and not c.strip().startswith("#")]
+    return out
+
+
+def test_the_7b_commands_of_11_scale_parse():
+    "Every `rmsecrets` command the scale notebook gives for a GPU node is accepted by the CLI as written."
+    import json
+    import shlex
+    from pathlib import Path
+    from rmsecrets.cli import build_parser
+    nb = json.loads((Path(__file__).parents[1] / "nbs" / "11_scale.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    commands = [c for c in _shell_commands(text) if "rmsecrets.cli" in c or c.startswith("rmsecrets ")]
+    stages = set()
+    for command in commands:
+        words = shlex.split(command)
+        args = words[words.index("rmsecrets.cli") + 1:] if "rmsecrets.cli" in words else words[1:]
+        try: parsed = build_parser().parse_args(args)
+        except SystemExit: pytest.fail(f"the CLI rejects: {command}")
+        stages.add(args[0])
+        if args[0] == "ppo": assert parsed.lora_r == 16 and parsed.dtype == "bfloat16"
+    assert {"train-rm", "strength", "sft", "ppo", "metarm"} <= stages, stages
