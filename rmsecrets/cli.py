@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['PAPER_STRENGTH', 'DEMO_PPO', 'add_config_args', 'config_from_args', 'cmd_world', 'resolve_loss', 'resolve_pairs',
-           'resolve_tokenizer', 'add_scale_args', 'scale_dtype', 'scale_model', 'cmd_train_rm', 'cmd_eval_rm',
-           'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo', 'cmd_metarm', 'cmd_iterate', 'Report', 'table',
-           'cmd_demo', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'demo_ppo', 'demo_iterative',
-           'add_data_args', 'build_parser', 'run', 'main']
+           'resolve_tokenizer', 'add_grouping_arg', 'train_config', 'add_scale_args', 'scale_dtype', 'scale_model',
+           'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo', 'cmd_metarm',
+           'cmd_iterate', 'Report', 'table', 'cmd_demo', 'demo_strength', 'demo_label_tricks', 'demo_contrastive',
+           'demo_ppo', 'demo_iterative', 'add_data_args', 'build_parser', 'run', 'main']
 
 # %% ../nbs/12_cli.ipynb #0e63d2a3
 import argparse
@@ -63,7 +63,7 @@ def cmd_world(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=2))
     return summary
 
-# %% ../nbs/12_cli.ipynb #00b74407
+# %% ../nbs/12_cli.ipynb #a6665524
 def resolve_loss(args: argparse.Namespace):
     """The `LabelTrick` named by `--loss`, with the smoothing, flipping and margin flags applied."""
     from rmsecrets.losses import LABEL_TRICKS
@@ -93,6 +93,19 @@ def resolve_tokenizer(explicit: str | None, world_tokenizer: Path | None, backbo
     source = explicit or world_tokenizer or (None if backbone in PRESETS else backbone)
     if source is None: raise SystemExit(f"the preset {backbone!r} needs a tokenizer: pass --tokenizer or a world folder as --data")
     return AutoTokenizer.from_pretrained(str(source))
+
+def add_grouping_arg(parser: argparse.ArgumentParser) -> None:
+    """--group-by-length for the commands that train reward models on pairs."""
+    parser.add_argument("--group-by-length", default="auto", choices=["auto", "true", "false"],
+                        help="batch pairs of similar length (TrainConfig.group_by_length): auto (default) is on for "
+                             "pairs read from files — real dialogues, whose lengths vary tenfold — and off for a world "
+                             "folder, whose batches the notebooks measured")
+
+def train_config(args: argparse.Namespace, world: bool, **fixed):
+    """TrainConfig from the flags, --group-by-length auto resolved by where the pairs come from."""
+    from rmsecrets.train import TrainConfig
+    group = args.group_by_length == "true" or (args.group_by_length == "auto" and not world)
+    return config_from_args(args, TrainConfig, group_by_length=group, **fixed)
 
 def _state():
     """accelerate's process state (a bare `PartialState()` made first would miss `accelerate launch`'s CPU flag)."""
@@ -127,15 +140,15 @@ def scale_model(model, args):
     return add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
                     seed=getattr(args, "seed", 0))
 
-# %% ../nbs/12_cli.ipynb #af39d9c0
+# %% ../nbs/12_cli.ipynb #6625cb9f
 def cmd_train_rm(args: argparse.Namespace) -> dict:
     """Train a reward model and write it, with metrics.json, to `--out`."""
     from rmsecrets.data import tokenize_pairs
     from rmsecrets.model import make_reward_model
-    from rmsecrets.train import TrainConfig, train_reward_model
-    config = config_from_args(args, TrainConfig)
+    from rmsecrets.train import train_reward_model
     trick = resolve_loss(args)
     train, world_tok = resolve_pairs(args.data, args.split, args.errors)
+    config = train_config(args, world=world_tok is not None)
     train = trick.prepare(train)
     evaluation = resolve_pairs(args.eval_data or args.data, args.eval_split, args.errors)[0] if args.eval_split else None
     tokenizer = resolve_tokenizer(args.tokenizer, world_tok, args.backbone)
@@ -174,7 +187,7 @@ def _write_json(path: Path, obj) -> None:
     with os.fdopen(fd, "w") as f: json.dump(obj, f, indent=2)
     os.replace(tmp, path)
 
-# %% ../nbs/12_cli.ipynb #8910c83b
+# %% ../nbs/12_cli.ipynb #c7654fd9
 def cmd_strength(args: argparse.Namespace) -> dict:
     """Vote on every pair's preference strength and write the annotated dataset, summary and plot to `--out`."""
     import matplotlib
@@ -182,29 +195,30 @@ def cmd_strength(args: argparse.Namespace) -> dict:
     import matplotlib.pyplot as plt
     from rmsecrets.data import tokenize_pairs
     from rmsecrets.strength import StrengthConfig, annotate, plot_strength, strength_summary
-    from rmsecrets.train import TrainConfig
-    train_cfg = config_from_args(args, TrainConfig, seed=0)
+    pairs, world_tok = resolve_pairs(args.data, args.split, args.errors)
+    train_cfg = train_config(args, world=world_tok is not None, seed=0)
     config = config_from_args(args, StrengthConfig, train=dataclasses.replace(train_cfg, progress=False))
     voter = resolve_voter(args.voter)
-    pairs, world_tok = resolve_pairs(args.data, args.split, args.errors)
     tokenizer = resolve_tokenizer(args.tokenizer, world_tok, config.backbone)
     tokenized = tokenize_pairs(pairs, tokenizer, train_cfg.max_length, errors=args.errors)
     votes = voter(tokenized, tokenizer, config)
     annotated = annotate(tokenized.remove_columns(["chosen_input_ids", "rejected_input_ids"]), votes)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".annotated."))
-    annotated.save_to_disk(str(tmp))
-    if (out / "annotated").exists(): shutil.rmtree(out / "annotated")
-    tmp.rename(out / "annotated")
-    annotated.to_json(str(out / ".annotated.jsonl.tmp"), lines=True)
-    os.replace(out / ".annotated.jsonl.tmp", out / "annotated.jsonl")
     summary = {"voter": args.voter, "config": dataclasses.asdict(config), "seconds": round(votes.seconds, 1),
                **strength_summary(annotated)}
-    _write_json(out / "strength.json", summary)
-    axes = plot_strength(annotated)
-    axes[0].figure.savefig(out / "strength.png", dpi=110, bbox_inches="tight"); plt.close(axes[0].figure)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    state, out = _state(), Path(args.out)
+    if state.is_main_process:   # every process trained the same voters (DDP) and scored every pair: one writes
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".annotated."))
+        annotated.save_to_disk(str(tmp))
+        if (out / "annotated").exists(): shutil.rmtree(out / "annotated")
+        tmp.rename(out / "annotated")
+        annotated.to_json(str(out / ".annotated.jsonl.tmp"), lines=True)
+        os.replace(out / ".annotated.jsonl.tmp", out / "annotated.jsonl")
+        _write_json(out / "strength.json", summary)
+        axes = plot_strength(annotated)
+        axes[0].figure.savefig(out / "strength.png", dpi=110, bbox_inches="tight"); plt.close(axes[0].figure)
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    state.wait_for_everyone()
     return summary
 
 def resolve_voter(name: str):
@@ -216,7 +230,7 @@ def resolve_voter(name: str):
     if name not in VOTERS: raise SystemExit(f"unknown --voter {name!r}; choose one of {sorted({'full', *VOTERS})}")
     return VOTERS[name]
 
-# %% ../nbs/12_cli.ipynb #17f7b609
+# %% ../nbs/12_cli.ipynb #2adb35d0
 def _table_or_world(data: str, part: str, columns: tuple):
     """A world folder's `part` (demonstrations or prompts), or a datasets-readable file/folder with `columns`."""
     from datasets import load_dataset, load_from_disk
@@ -250,8 +264,8 @@ def cmd_ppo(args: argparse.Namespace) -> dict:
     from rmsecrets.policy import gold_scores, load_policy
     from rmsecrets.ppo import PPOConfig, ppo
     config = config_from_args(args, PPOConfig)
-    policy, tokenizer = load_policy(args.policy)
-    reward_model, rm_tokenizer = load_reward_model(args.reward_model)
+    policy, tokenizer = load_policy(args.policy, dtype=scale_dtype(args))
+    reward_model, rm_tokenizer = load_reward_model(args.reward_model, dtype=scale_dtype(args))
     prompts, _, is_world = _table_or_world(args.prompts, "prompts", ("prompt",))
     result = ppo(policy, reward_model, tokenizer, list(prompts["prompt"]), config, rm_tokenizer=rm_tokenizer,
                  out_dir=args.out, gold_fn=gold_scores if is_world else None)
@@ -282,9 +296,9 @@ def cmd_metarm(args: argparse.Namespace) -> dict:
     from rmsecrets.metarm import MetaRM
     from rmsecrets.model import encode_responses, load_reward_model
     from rmsecrets.policy import load_policy
-    from rmsecrets.train import TrainConfig, train_reward_model
+    from rmsecrets.train import train_reward_model
     from rmsecrets.data import tokenize_pairs
-    config = config_from_args(args, TrainConfig)
+    config = train_config(args, world=(Path(args.data) / "world_config.json").exists())
     out = Path(args.out)
     reward_model, tokenizer = load_reward_model(args.reward_model)
     policy, policy_tokenizer = load_policy(args.policy)
@@ -651,7 +665,7 @@ def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, args) -
                   "the last policy's samples")
     return {"summary": summary, "rounds": [{k: v for k, v in r.items() if k != "result"} for r in runs]}
 
-# %% ../nbs/12_cli.ipynb #9a402433
+# %% ../nbs/12_cli.ipynb #f4fed945
 def add_data_args(parser: argparse.ArgumentParser, split: str, tokenizer: bool = True) -> None:
     """The flags of every stage that reads preference pairs."""
     parser.add_argument("--data", required=True, help="a world folder, a data file or folder, or a hub name")
@@ -687,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--prototypes", type=int, default=None, help="SwAV prototypes K (default: 50, 20 for swav-diff)")
     train.add_argument("--out", required=True, help="folder for model/, metrics.json, metrics.jsonl, checkpoints/")
     add_scale_args(train)
-    add_config_args(train, TrainConfig)
+    add_config_args(train, TrainConfig, skip=("group_by_length",))
+    add_grouping_arg(train)
     train.set_defaults(func=cmd_train_rm)
 
     ev = sub.add_parser("eval-rm", help="evaluate a saved reward model on preference pairs")
@@ -704,7 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--voter", default="full", help="'full' (the paper's M models) or a cheap voter of rmsecrets.voters")
     st.add_argument("--out", required=True, help="folder for annotated/, annotated.jsonl, strength.json, strength.png")
     add_config_args(st, StrengthConfig)
-    add_config_args(st, TrainConfig, defaults=StrengthConfig().train, skip=("seed", "progress"))
+    add_config_args(st, TrainConfig, defaults=StrengthConfig().train, skip=("seed", "progress", "group_by_length"))
+    add_grouping_arg(st)
     st.set_defaults(func=cmd_strength)
 
     from rmsecrets.policy import SFTConfig
@@ -723,7 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--reward-model", required=True, help="a reward-model folder (from `rmsecrets train-rm`)")
     pp.add_argument("--prompts", required=True, help="a world folder, or a file with a prompt column")
     pp.add_argument("--out", required=True, help="folder for history.jsonl, evals.jsonl, metrics.json, policy/")
-    add_config_args(pp, PPOConfig)
+    pp.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="dtype of the loaded policy and reward model (default: as saved)")
+    add_config_args(pp, PPOConfig)   # --lora-r > 0: LoRA policy and critic, the reference is the adapter switched off
     pp.set_defaults(func=cmd_ppo)
 
     from rmsecrets.iterative import IterativeConfig
@@ -746,7 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--max-new-tokens", type=int, default=24, help="cap on each sampled response of the meta set")
     mr.add_argument("--out", required=True, help="folder for meta_samples.jsonl, model/, metrics.json")
     add_config_args(mr, IterativeConfig, skip=("rounds", "rm_update", "seed"))
-    add_config_args(mr, TrainConfig)
+    add_config_args(mr, TrainConfig, skip=("group_by_length",))
+    add_grouping_arg(mr)
     mr.set_defaults(func=cmd_metarm)
 
     it = sub.add_parser("iterate", help="iterative RLHF: rounds of meta set → reward-model update (MetaRM) → PPO")

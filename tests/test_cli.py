@@ -58,12 +58,24 @@ def test_train_rm_same_seed_same_numbers_and_eval_rm_agrees(world, tmp_path):
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert a["eval"] == b["eval"] and a["steps"] == 12
+    assert a["config"]["group_by_length"] is False              # --group-by-length auto: off for a world folder
     assert "accuracy_true" in a["eval"] and "accuracy" in a["eval"]
     e = sh("rmsecrets", "eval-rm", "--model", str(tmp_path / "a" / "model"), "--data", str(world), "--split", "validation",
            "--max-length", "64", "--out", str(tmp_path / "eval.json"))
     got = json.loads((tmp_path / "eval.json").read_text())
     assert got["accuracy"] == a["eval"]["accuracy"] and got["n"] == 80
     assert json.loads(e.stdout)["accuracy_true"] == pytest.approx(a["eval"]["accuracy_true"])
+
+
+def test_group_by_length_auto_is_on_for_pairs_from_a_file(world, tmp_path):
+    from datasets import load_from_disk
+    pairs = load_from_disk(str(world / "preferences"))["train"].select_columns(["prompt", "chosen", "rejected"])
+    pairs.to_json(tmp_path / "pairs.jsonl")
+    common = ["--data", str(tmp_path / "pairs.jsonl"), "--split", "", "--tokenizer", str(world / "tokenizer"),
+              "--max-steps", "2", "--max-length", "64", "--eval-split", "", "--progress", "false"]
+    for flag, expected in ((["--group-by-length", "auto"], True), ([], True), (["--group-by-length", "false"], False)):
+        sh("rmsecrets", "train-rm", *common, *flag, "--out", str(tmp_path / "rm"))
+        assert json.loads((tmp_path / "rm" / "metrics.json").read_text())["config"]["group_by_length"] is expected, flag
 
 
 def test_train_rm_unknown_loss_is_a_clear_error(world, tmp_path):
@@ -81,6 +93,17 @@ def test_train_rm_runs_under_accelerate_launch_with_two_processes(world, tmp_pat
     assert m["num_processes"] == 2 and m["steps"] == 6
     assert m["eval"]["n"] == 80                                    # every validation pair scored once, gathered
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
+
+
+def test_strength_under_two_processes_writes_once(world, tmp_path):
+    run = sh(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+             "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli", "strength", "--data",
+             str(world), "--out", str(tmp_path / "st"), "--n-voters", "2", "--max-steps", "3", "--max-length", "64",
+             env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+    assert run.stdout.count('"voter"') == 1                              # the main process reports and writes
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["annotated", "annotated.jsonl", "strength.json", "strength.png"]
+    rows = (tmp_path / "st" / "annotated.jsonl").read_text().splitlines()
+    assert len(rows) == 300 and "strength_mean" in json.loads(rows[0])
 
 
 def test_scale_flags_lora_checkpointing_dtype(world, tmp_path):
