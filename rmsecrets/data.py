@@ -10,8 +10,8 @@ __all__ = ['ASSISTANT_TAG', 'ROLE_TAGS', 'STRENGTH_KEYS', 'FINITE_COLUMNS', 'FOR
            'detect_format', 'read_file', 'pick_split', 'read_hub', 'read_rows', 'check_pair', 'rows_to_dataset',
            'load_preferences', 'join_text', 'split_ids', 'fit_ids', 'tokenize_pairs', 'PairCollator']
 
-# %% ../nbs/01_data.ipynb #bbce4080
-import dataclasses, gzip, json, math, numbers, os, re, warnings
+# %% ../nbs/01_data.ipynb #34ea25ca
+import dataclasses, gzip, itertools, json, math, numbers, os, re, warnings
 from collections import Counter
 from pathlib import Path
 
@@ -408,7 +408,7 @@ def tokenize_pairs(
     out = out.add_column("chosen_input_ids", ids["chosen"]).add_column("rejected_input_ids", ids["rejected"])
     return (out, report) if return_skipped else out
 
-# %% ../nbs/01_data.ipynb #7a2ffc04
+# %% ../nbs/01_data.ipynb #62b11e18
 @dataclasses.dataclass
 class PairCollator:
     "Collate tokenised pairs into one right-padded batch: the B chosen rows, then the B rejected rows."
@@ -425,11 +425,12 @@ class PairCollator:
     def __call__(self, features: list) -> dict:
         "Batch dicts with chosen_input_ids/rejected_input_ids (and numeric columns) into tensors."
         seqs = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]  # 2B sequences
-        input_ids = torch.full((len(seqs), max(len(s) for s in seqs)), self.pad_token_id, dtype=torch.long)  # [2B, T]
-        attention_mask = torch.zeros_like(input_ids)  # [2B, T]
-        for i, s in enumerate(seqs):
-            input_ids[i, :len(s)] = torch.as_tensor(s)
-            attention_mask[i, :len(s)] = 1
+        lengths = torch.tensor([len(s) for s in seqs])                                                 # [2B]
+        attention_mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()          # [2B, T]
+        input_ids = torch.full(attention_mask.shape, self.pad_token_id, dtype=torch.long)               # [2B, T]
+        flat = (torch.cat([torch.as_tensor(s) for s in seqs]) if torch.is_tensor(seqs[0])
+                else torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.long))
+        input_ids[attention_mask.bool()] = flat   # one copy: the mask's cells in row-major order are each row's tokens
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         for key in features[0]:
             values = [f.get(key) for f in features]
