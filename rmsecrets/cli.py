@@ -501,13 +501,14 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, args) -> 
             "annotated": tr.add_column("strength_mean", annotated["in_sample"]["strength_mean"]),
             "seconds": {m: round(v.seconds, 1) for m, v in votes.items()}}
 
-# %% ../nbs/12_cli.ipynb #622e1ccc
+# %% ../nbs/12_cli.ipynb #bc38c233
 def demo_label_tricks(report: Report, train, valid, tok, args) -> dict:
     """Demo stage: Baseline, Flip, Margin, Flip+Margin and Soft+Margin on the noisy world, several seeds."""
     import matplotlib.pyplot as plt
     from rmsecrets.losses import compare_tricks, plot_tricks, summarise_tricks
     from rmsecrets.train import TrainConfig
-    names, seeds = ("bt", "flip", "margin", "flip+margin", "soft+margin"), ((0,) if args.quick else (0, 1, 2))
+    names = ("bt", "flip", "margin", "flip+margin", "soft+margin")
+    seeds = (0,) if args.quick else (0, 1)   # the notebook has three seeds; the demo's budget two
     config = TrainConfig(epochs=1 if args.quick else 2, lr=2e-3, max_length=64, eval_every=50, progress=False)
     rows = compare_tricks(train, valid, tok, names, tuple(args.seed + s for s in seeds), config)
     summary = summarise_tricks(rows)
