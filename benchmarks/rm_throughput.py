@@ -6,10 +6,10 @@
 Each row trains a copy of the same model on the same tokenised pairs for one epoch and times every step of it (a
 forward hook stamps the start of each step's forward; the window runs from the first step's forward to the next
 epoch's first forward, where the run is stopped). Tokenisation, model construction and the trainer's set-up are
-outside the window; one untimed forward and backward on a copy warms each run up. The rows run interleaved (A, B,
-C, then C, B, A, ...) so that a busy machine slows them alike and no row always runs first; the tables give medians
-over the repeats, and each row's rate against TRL (matched) both as a ratio of medians and as the median of the
-ratios within one repeat ("paired").
+outside the window; one untimed forward and backward on a copy, on the longest pairs, warms each run up. The rows
+run interleaved (A, B, C, then C, B, A, ...) so that a busy machine slows them alike and no row always runs first;
+the tables give medians over the repeats, and each row's rate against TRL (matched) both as a ratio of medians and
+as the median of the ratios within one repeat ("paired").
 
 Rows:
 - rmsecrets: `train_reward_model`, fp32, AdamW, cosine schedule with 5% warm-up, gradient clip 1.0, dropout as the
@@ -77,9 +77,11 @@ class StepClock:
 
 
 def warm_up(model, ds, batch_size):
-    "One untimed forward and backward on a copy (allocator, thread pool, kernels)."
+    """One untimed forward and backward on a copy, on the longest pairs: the allocator grows to the epoch's largest
+    tensors before any row is timed (otherwise the first row of the run pays for it)."""
     m = copy.deepcopy(model).train()
-    batch = PairCollator(m.config.pad_token_id)([ds[i] for i in range(min(batch_size, len(ds)))])
+    longest = np.argsort(-pair_lengths(ds), kind="stable")[:batch_size]
+    batch = PairCollator(m.config.pad_token_id)([ds[int(i)] for i in longest])
     out = pair_forward(m, batch)
     (out.r_chosen - out.r_rejected).sum().backward()
 
