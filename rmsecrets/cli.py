@@ -63,7 +63,7 @@ def cmd_world(args: argparse.Namespace) -> dict:
     print(json.dumps(summary, indent=2))
     return summary
 
-# %% ../nbs/12_cli.ipynb #a6665524
+# %% ../nbs/12_cli.ipynb #bd123f6a
 def resolve_loss(args: argparse.Namespace):
     """The `LabelTrick` named by `--loss`, with the smoothing, flipping and margin flags applied."""
     from rmsecrets.losses import LABEL_TRICKS
@@ -135,10 +135,9 @@ def scale_dtype(args):
 def scale_model(model, args):
     """The model with --lora-* applied (a reward model's head stays fully trained)."""
     if not getattr(args, "lora_r", 0): return model
-    from rmsecrets.model import add_lora
-    targets = args.lora_targets if args.lora_targets == "all-linear" else [t for t in args.lora_targets.split(",") if t]
-    return add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=targets,
-                    seed=getattr(args, "seed", 0))
+    from rmsecrets.model import add_lora, lora_targets
+    return add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                    target_modules=lora_targets(args.lora_targets), seed=getattr(args, "seed", 0))
 
 # %% ../nbs/12_cli.ipynb #6625cb9f
 def cmd_train_rm(args: argparse.Namespace) -> dict:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PRESETS', 'preset_config', 'ensure_pad_token', 'make_reward_model', 'last_token_index', 'reward_head',
            'reward_forward', 'merge_lora', 'save_reward_model', 'load_reward_model', 'encode_responses', 'score',
-           'enable_checkpointing', 'add_lora']
+           'enable_checkpointing', 'lora_targets', 'add_lora']
 
 # %% ../nbs/02_reward_model.ipynb #c935ebd6
 import copy
@@ -269,7 +269,11 @@ def enable_checkpointing(model: PreTrainedModel) -> PreTrainedModel:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
 
-# %% ../nbs/02_reward_model.ipynb #7432d04a
+# %% ../nbs/02_reward_model.ipynb #90f9ea93
+def lora_targets(spec: str) -> str | list[str]:
+    """A `--lora-targets` value as peft takes it: "all-linear" as it is, a comma list such as "q_proj,v_proj" split."""
+    return spec if spec == "all-linear" else [t for t in spec.split(",") if t]
+
 def add_lora(model: PreTrainedModel,  # a reward model (`make_reward_model`) or a causal LM (`make_policy`); changed in place
              r: int = 8,  # rank of each update B·A
              alpha: float = 16,  # the update is scaled by alpha / r

@@ -7,7 +7,7 @@ __all__ = ['masked_mean', 'whiten', 'RunningMoments', 'token_rewards', 'gae', 'p
            'token_values', 'PPOConfig', 'PPOResult', 'evaluate_policy', 'AdapterOff', 'lora_is_zero',
            'reference_policy', 'ppo', 'compare_ppo', 'summarise_ppo', 'plot_ppo']
 
-# %% ../nbs/08_ppo.ipynb #faea72bc
+# %% ../nbs/08_ppo.ipynb #a90d6535
 import copy
 import json
 import math
@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
-from .model import add_lora, merge_lora, reward_head
+from .model import add_lora, lora_targets, merge_lora, reward_head
 from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy
 
 # %% ../nbs/08_ppo.ipynb #39afc719
@@ -187,7 +187,7 @@ def evaluate_policy(policy, ref_policy, reward_model, rm_tokenizer, tokenizer, p
         out |= {"gold": float(gold.mean()), "gold_spread": reward_spread(gold, config.eval_k)}
     return out
 
-# %% ../nbs/08_ppo.ipynb #332bb0f7
+# %% ../nbs/08_ppo.ipynb #287c4fb2
 class AdapterOff:
     """A LoRA model called with its adapter switched off: PPO's reference without a second copy of the weights."""
     def __init__(self, model): self.model = model
@@ -201,8 +201,8 @@ def lora_is_zero(model) -> bool:
 
 def _lora(model, config: PPOConfig):
     """`model` with a fresh LoRA adapter as `config` asks (no adapter dropout: PPO runs its models in eval mode)."""
-    targets = config.lora_targets if config.lora_targets == "all-linear" else [t for t in config.lora_targets.split(",") if t]
-    return add_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0, target_modules=targets, seed=config.seed)
+    return add_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0,
+                    target_modules=lora_targets(config.lora_targets), seed=config.seed)
 
 def reference_policy(policy, config: PPOConfig):
     """(the policy to train, π_ref): a frozen copy as reference, or with `config.lora_r` the LoRA policy with its adapter off."""
