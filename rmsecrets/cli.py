@@ -4,16 +4,17 @@
 
 # %% auto #0
 __all__ = ['PAPER_STRENGTH', 'DEMO_PPO', 'add_config_args', 'config_from_args', 'cmd_world', 'resolve_loss', 'resolve_pairs',
-           'resolve_tokenizer', 'add_grouping_arg', 'train_config', 'add_scale_args', 'scale_dtype', 'scale_model',
-           'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo', 'cmd_metarm',
-           'cmd_iterate', 'Report', 'table', 'cmd_demo', 'demo_strength', 'demo_label_tricks', 'demo_contrastive',
-           'demo_ppo', 'demo_iterative', 'add_data_args', 'build_parser', 'run', 'main']
+           'card_sources', 'resolve_tokenizer', 'add_grouping_arg', 'train_config', 'add_scale_args', 'scale_dtype',
+           'scale_model', 'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo',
+           'cmd_metarm', 'cmd_iterate', 'Report', 'table', 'cmd_demo', 'demo_strength', 'demo_label_tricks',
+           'demo_contrastive', 'demo_ppo', 'demo_iterative', 'add_data_args', 'build_parser', 'run', 'main']
 
 # %% ../nbs/12_cli.ipynb #0e63d2a3
 import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,9 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls,
         if isinstance(default, bool):
             parser.add_argument(flag, dest=dest, type=lambda s: s.lower() in ("1", "true", "yes"), default=default,
                                 metavar="BOOL", help=f"default: {default}")
+        elif default is None:   # an optional number: unset unless given
+            parser.add_argument(flag, dest=dest, type=lambda s: None if s.lower() == "none" else float(s), default=None,
+                                metavar="FLOAT", help="default: none")
         elif isinstance(default, tuple):
             parser.add_argument(flag, dest=dest, type=lambda s: tuple(x for x in s.split(",") if x), default=default,
                                 metavar="A,B,...", help=f"default: {','.join(map(str, default))}")
@@ -85,6 +89,22 @@ def resolve_pairs(data: str, split: str, errors: str = "raise"):
     if (path / "world_config.json").exists():
         return load_preferences(path / "preferences", split=split, errors=errors), path / "tokenizer"
     return load_preferences(data, split=split, errors=errors), None
+
+def card_sources(args: argparse.Namespace, backbone: str | None = None) -> dict:
+    """What a saved model's card says of its making: the command line, the data, and hub names of data and backbone."""
+    data = str(getattr(args, "data", "") or "")
+    info = {"command": getattr(args, "command_line", None) or "not recorded", "data": data}
+    if getattr(args, "eval_split", None): info["eval_data"] = f"{getattr(args, 'eval_data', None) or data}, split {args.eval_split!r}"
+    on_hub = lambda name: bool(name) and not Path(name).exists() and name.count("/") == 1
+    if "hh-rlhf" in data: info["datasets"] = ["Anthropic/hh-rlhf"]
+    elif on_hub(data): info["datasets"] = [data]
+    if backbone is not None:
+        from rmsecrets.voters import minilm_folder
+        folder = minilm_folder()
+        info["backbone"] = backbone
+        if on_hub(backbone): info["base_model"] = backbone
+        elif folder is not None and Path(backbone).resolve() == folder.resolve(): info["base_model"] = "sentence-transformers/all-MiniLM-L6-v2"
+    return info
 
 def resolve_tokenizer(explicit: str | None, world_tokenizer: Path | None, backbone: str):
     """The tokenizer: --tokenizer, else the world's, else the backbone's own."""
@@ -155,7 +175,7 @@ def cmd_train_rm(args: argparse.Namespace) -> dict:
                                           gradient_checkpointing=args.gradient_checkpointing), args)
     tok = lambda ds: tokenize_pairs(ds, tokenizer, config.max_length, errors=args.errors)
     result = train_reward_model(model, tokenizer, tok(train), tok(evaluation) if evaluation is not None else None,
-                                config, trick, out_dir=args.out)
+                                config, trick, out_dir=args.out, card=card_sources(args, args.backbone))
     summary = {"out": str(args.out), "loss": args.loss, "contrastive": args.contrastive, "train_pairs": len(train),
                "eval": result.metrics}
     if _main_process(): print(json.dumps(summary, indent=2))
@@ -252,7 +272,7 @@ def cmd_sft(args: argparse.Namespace) -> dict:
     tokenizer = resolve_tokenizer(args.tokenizer, world_tok, args.backbone)
     policy = scale_model(make_policy(args.backbone, tokenizer, seed=config.seed, dtype=scale_dtype(args),
                                      gradient_checkpointing=args.gradient_checkpointing), args)
-    result = train_sft(policy, tokenizer, demos, config, out_dir=args.out)
+    result = train_sft(policy, tokenizer, demos, config, out_dir=args.out, card=card_sources(args, args.backbone))
     summary = {"out": str(args.out), "demonstrations": len(demos), **result.metrics}
     if _main_process(): print(json.dumps(summary, indent=2))
     return summary
@@ -265,9 +285,12 @@ def cmd_ppo(args: argparse.Namespace) -> dict:
     config = config_from_args(args, PPOConfig)
     policy, tokenizer = load_policy(args.policy, dtype=scale_dtype(args))
     reward_model, rm_tokenizer = load_reward_model(args.reward_model, dtype=scale_dtype(args))
+    if config.reward_mean is None and getattr(reward_model.config, "mean", None) is not None:   # written by train-rm
+        config = dataclasses.replace(config, reward_mean=reward_model.config.mean, reward_std=reward_model.config.std)
     prompts, _, is_world = _table_or_world(args.prompts, "prompts", ("prompt",))
+    card = {**card_sources(args), "data": str(args.prompts), "reward_model": str(args.reward_model)}
     result = ppo(policy, reward_model, tokenizer, list(prompts["prompt"]), config, rm_tokenizer=rm_tokenizer,
-                 out_dir=args.out, gold_fn=gold_scores if is_world else None)
+                 out_dir=args.out, gold_fn=gold_scores if is_world else None, card=card)
     summary = {"out": str(args.out), "first": result.evals[0], "last": result.evals[-1]}
     if _main_process(): print(json.dumps(summary, indent=2))
     return summary
@@ -310,7 +333,8 @@ def cmd_metarm(args: argparse.Namespace) -> dict:
     evaluation = resolve_pairs(args.eval_data or args.data, args.eval_split, args.errors)[0] if args.eval_split else None
     tok = lambda ds: tokenize_pairs(ds, tokenizer, config.max_length, errors=args.errors)
     result = train_reward_model(reward_model.train(), tokenizer, tok(train), tok(evaluation) if evaluation is not None else None,
-                                config, loss, out_dir=out)
+                                config, loss, out_dir=out, card={**card_sources(args), "backbone": str(args.reward_model),
+                                                                 "policy": str(args.policy)})
     summary = {"out": str(out), "meta_samples": len(meta_responses), "eta": args.eta, "order": args.order,
                "train_pairs": len(train), "eval": result.metrics, "last_J": loss.last_J}
     if _main_process(): print(json.dumps(summary, indent=2))
@@ -788,7 +812,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> dict:
     """Run one `rmsecrets` subcommand and return its summary."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["rmsecrets", *argv])   # recorded in the model cards
     return args.func(args)
 
 def main(argv: list[str] | None = None) -> int:

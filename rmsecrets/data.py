@@ -381,14 +381,14 @@ def tokenize_pairs(
     ds: Dataset,  # pairs from `load_preferences`
     tokenizer,  # a fast Hugging Face tokenizer
     max_length: int = 512,  # most tokens per sequence, special tokens and EOS included
-    append_eos: bool = True,  # end every sequence with the tokenizer's EOS
+    append_eos: bool | None = None,  # end every sequence with the tokenizer's EOS; None: when it has one (decoders, not BERT)
     errors: str = "raise",  # 'raise': an over-long response raises; 'skip': drop the pair, count and warn
     return_skipped: bool = False,  # also return the SkipReport: (dataset, report)
     batch_size: int = 1000,  # pairs per tokenizer call
 ) -> Dataset:  # ds (less skipped rows) with chosen_input_ids and rejected_input_ids
     "Add `chosen_input_ids` and `rejected_input_ids`: prompt ⊕ response (+ EOS), the prompt cut from the left."
     if errors not in ("raise", "skip"): raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
-    eos = tokenizer.eos_token_id if append_eos else None
+    eos = tokenizer.eos_token_id if append_eos or append_eos is None else None
     if append_eos and eos is None: raise ValueError("append_eos=True but the tokenizer has no EOS token")
     ids, kept, report = {"chosen": [], "rejected": []}, [], SkipReport(total=len(ds))
     for start in range(0, len(ds), batch_size):

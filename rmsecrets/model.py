@@ -4,15 +4,18 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'preset_config', 'ensure_pad_token', 'make_reward_model', 'last_token_index', 'reward_head',
-           'reward_forward', 'merge_lora', 'save_reward_model', 'load_reward_model', 'encode_responses', 'score',
-           'enable_checkpointing', 'lora_targets', 'add_lora']
+           'reward_forward', 'encode_responses', 'score', 'special_affixes', 'hh_chat_template', 'reward_tokenizer',
+           'plain_text_scores', 'plain_text_gap', 'reward_model_card', 'merge_lora', 'save_folder', 'save_reward_model',
+           'load_reward_model', 'trl_reward_function', 'enable_checkpointing', 'lora_targets', 'add_lora']
 
 # %% ../nbs/02_reward_model.ipynb #c935ebd6
 import copy
+import json
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,7 +24,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Lla
                           PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.utils import logging as hf_logging
 
-from .data import fit_ids, split_ids
+from .data import ROLE_TAGS, fit_ids, join_text, split_ids
 
 # %% ../nbs/02_reward_model.ipynb #fa5ac437
 PRESETS = {  # name -> Llama trunk size; a few layers learn the world on a CPU in a minute
@@ -98,6 +101,7 @@ def make_reward_model(backbone: str | os.PathLike,  # a preset name (`PRESETS`),
                 torch.manual_seed(seed)
                 model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id  # HF's seq-cls models read the last token that is not this
+    model.config.problem_type = "regression"  # one raw score: clients (pipeline, vLLM) apply no sigmoid
     if hasattr(model.config, "use_cache"): model.config.use_cache = False  # a scorer keeps no KV cache
     if gradient_checkpointing: enable_checkpointing(model)
     return model
@@ -153,70 +157,6 @@ def reward_forward(model: nn.Module,  # a reward model (possibly wrapped by acce
         features = features[torch.arange(len(features), device=features.device), last_token_index(input_ids, pad)]
     return logits[:, 0], features            # [N], [N, H]
 
-# %% ../nbs/02_reward_model.ipynb #8b9b82be
-def merge_lora(model: nn.Module,  # a PEFT LoRA model (possibly inside DDP), or a plain Hugging Face model
-               ) -> PreTrainedModel:
-    """A plain Hugging Face model: LoRA updates merged into a copy of the weights (`model` itself is left as it is)."""
-    model = _unwrap_parallel(model)
-    if not hasattr(model, "merge_and_unload"): return _unwrap(model)
-    # W ← W + (α/r)·B·A in every adapted layer; the head's trained copy replaces the frozen original
-    return copy.deepcopy(model).merge_and_unload()    # a copy: costs one more model's memory while saving
-
-def save_reward_model(model: nn.Module,  # the reward model (wrappers are removed, LoRA adapters merged)
-                      tokenizer: PreTrainedTokenizerBase,  # saved beside it: the pad token is part of the model
-                      path: str | os.PathLike,  # the folder to write (replaced if it exists)
-                      state_dict: dict | None = None,  # the full weights of a sharded model (ZeRO-3, FSDP): `accelerator.get_state_dict(model)`, called on every process
-                      ) -> Path:
-    """Write `model` (safetensors) and `tokenizer` to the folder `path`, atomically."""
-    if state_dict is not None and hasattr(_unwrap_parallel(model), "merge_and_unload"):
-        raise ValueError("pass a LoRA model without state_dict: it is merged from its own weights")
-    model, path = merge_lora(model), Path(path)
-    ensure_pad_token(tokenizer, fix=False)
-    if model.config.pad_token_id != tokenizer.pad_token_id:
-        raise ValueError(f"model pads with id {model.config.pad_token_id}, tokenizer with {tokenizer.pad_token_id}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-    try:
-        model.save_pretrained(tmp, state_dict=state_dict)   # model.safetensors + config.json
-        tokenizer.save_pretrained(tmp)
-        if path.exists(): shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-def load_reward_model(path: str | os.PathLike,  # a folder written by `save_reward_model` (or any HF reward model)
-                      dtype: torch.dtype | str | None = None,  # None: as saved
-                      trust_remote_code: bool = False,  # run code shipped with the model (only when you trust it)
-                      ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The reward model (in eval mode) and tokenizer saved at `path`."""
-    kwargs = {} if dtype is None else dict(dtype=dtype)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the load report is replaced by the check below
-    try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    odd = {k: sorted(set(v) - {"prototypes.weight"}) for k, v in info.items() if k in ("missing_keys", "unexpected_keys")}
-    if any(odd.values()): warnings.warn(f"loading {path}: {odd}")
-    if k := getattr(model.config, "swav_prototypes", None):   # SwAV's learnable prototypes (06_contrastive)
-        from rmsecrets.contrastive import add_prototypes
-        with torch.no_grad(): add_prototypes(model, k).weight.copy_(_saved_tensor(path, "prototypes.weight"))
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    ensure_pad_token(tokenizer, fix=False)
-    return model.eval(), tokenizer
-
-def _saved_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
-    """One tensor of a saved model folder (single or sharded safetensors) — for layers transformers does not know."""
-    import json
-    from safetensors import safe_open
-    path = Path(path)
-    index = path / "model.safetensors.index.json"
-    file = path / (json.loads(index.read_text())["weight_map"][name] if index.exists() else "model.safetensors")
-    with safe_open(str(file), framework="pt") as f: return f.get_tensor(name)
-
 # %% ../nbs/02_reward_model.ipynb #4796b413
 def encode_responses(tokenizer: PreTrainedTokenizerBase,  # a fast tokenizer with a pad token distinct from EOS
                      prompts: list[str],  # N prompts
@@ -258,6 +198,285 @@ def score(model: nn.Module,  # a reward model
         return torch.cat(out)
     finally:
         model.train(was_training)
+
+# %% ../nbs/02_reward_model.ipynb #21f55c3a
+def special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special ids a plain `tokenizer(text)` call puts before and after the text's own ids (e.g. [BOS], [EOS])."""
+    bare, full = tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("a")["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare: return full[:i], full[i + len(bare):]
+    raise ValueError(f"{type(tokenizer).__name__} changes a text's own ids when it adds special tokens")
+
+def hh_chat_template(lead: str,  # the special tokens before the text, as a string (e.g. "<bos>", "[CLS]")
+                     trail: str,  # the special tokens after it (e.g. "<eos>", "[SEP]")
+                     ) -> str:
+    """A chat template that writes messages as hh-rlhf text (`rmsecrets.data.render_messages`) between `lead` and `trail`."""
+    return ("{{ %s }}{%% for m in messages %%}{{ '\\n\\n' + %s[m['role']] + ': ' + m['content'] }}{%% endfor %%}"
+            "{%% if add_generation_prompt %%}{{ '\\n\\nAssistant:' }}{%% else %%}{{ %s }}{%% endif %%}"
+            % (json.dumps(lead), json.dumps(ROLE_TAGS), json.dumps(trail)))
+
+def reward_tokenizer(tokenizer: PreTrainedTokenizerBase,  # the tokenizer the reward model was trained with (left as it is)
+                     ) -> PreTrainedTokenizerBase:
+    """A copy of `tokenizer` whose default call gives the training ids of a text (EOS appended, for decoders) and whose chat template writes a conversation as that text."""
+    if not getattr(tokenizer, "is_fast", False): raise TypeError("a reward model's tokenizer must be a fast tokenizer")
+    tok = copy.deepcopy(tokenizer)
+    ensure_pad_token(tok, fix=False)
+    lead, trail = special_affixes(tok)
+    if tok.eos_token_id is not None and trail[-1:] != [tok.eos_token_id]:   # training ends every sequence with EOS
+        from tokenizers import processors
+        eos = processors.TemplateProcessing(single=f"$A {tok.eos_token}", pair=f"$A $B:1 {tok.eos_token}:1",
+                                            special_tokens=[(tok.eos_token, tok.eos_token_id)])
+        backend = tok.backend_tokenizer
+        backend.post_processor = eos if backend.post_processor is None else processors.Sequence([backend.post_processor, eos])
+        lead, trail = special_affixes(tok)
+    if tok.chat_template is None:
+        tok.chat_template = hh_chat_template(*("".join(tok.convert_ids_to_tokens(ids)) for ids in (lead, trail)))
+    return tok
+
+@torch.no_grad()
+def plain_text_scores(model: nn.Module,  # a reward model
+                      tokenizer: PreTrainedTokenizerBase,  # its tokenizer
+                      prompts: list[str], responses: list[str],  # N pairs
+                      batch_size: int = 32,  # sequences per forward pass
+                      ) -> torch.Tensor:
+    """TRL GRPO/RLOO's reward of plain-text rows: `prompt + completion`, no special tokens, right padding, `logits[:, 0]` [N]."""
+    device, was_training, out = next(model.parameters()).device, model.training, [torch.zeros(0)]
+    model.eval()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            texts = [p + r for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+            enc = tokenizer(texts, padding=True, padding_side="right", add_special_tokens=False, return_tensors="pt")
+            out.append(model(**enc.to(device)).logits[:, 0].float().cpu())
+        return torch.cat(out)
+    finally:
+        model.train(was_training)
+
+def _spearman(a, b) -> float:
+    """Rank correlation of two score vectors (ties broken by order: these are continuous scores)."""
+    ra, rb = (torch.as_tensor(x).argsort().argsort().double() for x in (a, b))
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+def plain_text_gap(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                   prompts: list[str], responses: list[str],  # pairs that fit the model (no prompt is cut)
+                   ) -> dict:
+    """How far `plain_text_scores` is from the reward: largest |difference|, rank correlation, n."""
+    ours, theirs = score(model, tokenizer, prompts, responses), plain_text_scores(model, tokenizer, prompts, responses)
+    return {"max_abs": float((ours - theirs).abs().max()), "spearman": _spearman(ours, theirs), "n": len(prompts)}
+
+# %% ../nbs/02_reward_model.ipynb #4b8be7e7
+def _fmt(v) -> str: return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+def reward_model_card(model: PreTrainedModel,  # the model as saved
+                      tokenizer: PreTrainedTokenizerBase,  # the tokenizer as saved (`reward_tokenizer`)
+                      info: dict,  # what training knows: name, backbone, base_model, datasets, loss, settings, data, train_pairs, steps, metrics, reward_mean/std/n, gap, example, command, max_length
+                      ) -> str:
+    """The model card (README.md with the hub's YAML metadata) of a saved reward model."""
+    from huggingface_hub import ModelCardData
+    decoder, name, max_length = _head_name(model) == "score", info.get("name", "reward-model"), info.get("max_length", 512)
+    meta = ModelCardData(library_name="transformers", pipeline_tag="text-classification", license=info.get("license"),
+                         tags=["reward-model", "rlhf", "rmsecrets"], base_model=info.get("base_model"),
+                         datasets=info.get("datasets"), metrics=["accuracy"] if info.get("metrics") else None)
+    n_params = sum(p.numel() for p in model.parameters())
+    metrics = info.get("metrics") or {}
+    example = info.get("example") or {"prompt": "human : how do i learn python ? assistant :", "response": "practice daily ."}
+    text = json.dumps(join_text(example["prompt"], example["response"]))
+    shown = f"  # {example['reward']:.4f}" if "reward" in example else ""
+    rows = [("backbone", info.get("backbone", "—")), ("loss", info.get("loss", "—")), ("settings", ", ".join(f"{k}={_fmt(v)}" for k, v in (info.get("settings") or {}).items()) or "—"),
+            ("training data", info.get("data", "—")), ("training pairs", info.get("train_pairs", "—")),
+            ("optimiser steps", info.get("steps", "—")), ("max_length", max_length)]
+    gap = info.get("gap")
+    stats = (f"Reward statistics on {info.get('reward_n')} training responses: mean {info['reward_mean']:.4f}, std "
+             f"{info['reward_std']:.4f}. They are in `config.json` as `mean` and `std` (OpenRLHF's keys; its `normalize_reward` "
+             "applies them, no client does by default; `rmsecrets ppo` starts its running normaliser from them)."
+             if info.get("reward_mean") is not None else "No reward statistics were recorded for this model.")
+    trl_plain = (f"On plain-text rows TRL tokenises `prompt + completion` without special tokens, so this model sees neither "
+                 f"{'BOS nor EOS' if decoder else '[CLS] nor [SEP]'}: on {gap['n']} evaluation pairs that reward differs from "
+                 f"this model's by up to {gap['max_abs']:.4f} (rank correlation {gap['spearman']:.4f}). Give TRL conversational "
+                 f"rows, or, for plain text, `reward_funcs=[rmsecrets.model.trl_reward_function(\"{name}\", max_length={max_length})]`, "
+                 "which scores by this convention." if gap else
+                 "On plain-text rows TRL tokenises `prompt + completion` without special tokens, which is not this model's "
+                 "convention: give TRL conversational rows, or, for plain text, `rmsecrets.model.trl_reward_function(folder)`.")
+    body = f"""
+# {name}
+
+A reward model made with [rmsecrets](https://github.com/rmsecrets/rmsecrets), the reference implementation of
+*Secrets of RLHF in Large Language Models Part II: Reward Modeling* ([arXiv 2401.06080](https://arxiv.org/abs/2401.06080)):
+a `{type(model).__name__}` ({n_params:,} parameters) whose one output is the reward r(x, y) of a prompt x and response y.
+Higher is better; only differences mean something: under the Bradley–Terry model it was trained with,
+P(y₁ ≻ y₂ | x) = σ(r(x, y₁) − r(x, y₂)).
+
+## Training
+
+| | |
+|---|---|
+""" + "".join(f"| {k} | {v} |\n" for k, v in rows) + f"""
+Command: `{info.get('command', 'not recorded')}`
+
+## Evaluation
+
+""" + ("| metric | value |\n|---|---|\n" + "".join(f"| {k} | {_fmt(v)} |\n" for k, v in metrics.items())
+       + f"\nOn {info.get('eval_data', 'held-out pairs')}. `accuracy` is against the labels; `accuracy_true` against the truth "
+       "where it is known (rmsecrets' generated world); `ece` is the calibration error of σ(r_c − r_r).\n"
+       if metrics else "Not evaluated.\n") + f"""
+## Scoring convention
+
+The reward of (prompt, response) is the model's output on the text `prompt + response` (one space between them when
+neither side has whitespace at the join), tokenised by this folder's tokenizer with its defaults
+({'which add the special tokens of training: ' + ' … '.join(repr(t) for t in (tokenizer.bos_token, tokenizer.eos_token) if t) if decoder else 'which add [CLS] and [SEP]'}),
+read at the {'last token' if decoder else '[CLS] token'}. Training tokenised every pair this way (a prompt longer than
+{max_length} tokens lost its start). `config.problem_type` is `"regression"`, so no client applies a sigmoid.
+{stats}
+
+## Use it
+
+transformers `pipeline` (the raw reward):
+
+```python
+from transformers import pipeline
+reward = pipeline("text-classification", model="{name}")
+reward({text})[0]["score"]{shown}
+```
+
+Plain transformers:
+
+```python
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+model = AutoModelForSequenceClassification.from_pretrained("{name}")
+with torch.no_grad():
+    rewards = model(**tokenizer([{text}], padding=True, return_tensors="pt")).logits[:, 0]
+```
+
+rmsecrets (batched, long prompts cut from the left as in training):
+
+```python
+from rmsecrets.model import load_reward_model, score
+model, tokenizer = load_reward_model("{name}")
+score(model, tokenizer, [{json.dumps(example['prompt'])}], [{json.dumps(example['response'])}], max_length={max_length})
+```
+
+TRL GRPO/RLOO (`reward_funcs=["{name}"]`): conversational rows are scored exactly as above — the chat template saved
+here writes a conversation as the training text, special tokens included. {trl_plain}
+
+Training further with TRL's `RewardTrainer`: conversational rows go through the same chat template; on plain-text
+rows it appends the EOS string itself, so give it the tokenizer training used (`processing_class=`: the backbone's,
+with this folder's pad token) — this folder's tokenizer, which appends EOS too, would end them with two.
+""" + (f"""
+OpenRLHF (the head is `score`, no bias; the reward is read at the last attended token):
+
+```python
+from openrlhf.models import get_llm_for_sequence_regression
+model = get_llm_for_sequence_regression("{name}", "reward", attn_implementation="sdpa")   # bf16 unless dtype=...
+rewards = model(**tokenizer([{text}], padding=True, return_tensors="pt"))   # the tokenizer above: EOS included
+```
+""" if decoder else "\nOpenRLHF's `get_llm_for_sequence_regression` reads the last token, which suits decoders only; this is an encoder.\n") + f"""
+vLLM's pooling runner (it reads `problem_type`; not measured by rmsecrets' tests, which run without a GPU):
+
+```python
+from vllm import LLM
+llm = LLM(model="{name}", runner="pooling")
+llm.classify([{text}])[0].outputs.probs   # [reward]
+```
+
+Publish: `huggingface_hub.upload_folder(repo_id="you/{name}", folder_path="{name}")` (or `model.push_to_hub` and
+`tokenizer.push_to_hub`; this card travels as README.md).
+"""
+    return f"---\n{meta.to_yaml()}\n---\n{body}"
+
+# %% ../nbs/02_reward_model.ipynb #8b9b82be
+def merge_lora(model: nn.Module,  # a PEFT LoRA model (possibly inside DDP), or a plain Hugging Face model
+               ) -> PreTrainedModel:
+    """A plain Hugging Face model: LoRA updates merged into a copy of the weights (`model` itself is left as it is)."""
+    model = _unwrap_parallel(model)
+    if not hasattr(model, "merge_and_unload"): return _unwrap(model)
+    # W ← W + (α/r)·B·A in every adapted layer; the head's trained copy replaces the frozen original
+    return copy.deepcopy(model).merge_and_unload()    # a copy: costs one more model's memory while saving
+
+def save_folder(model: nn.Module,  # a Hugging Face model (wrappers are removed, LoRA adapters merged)
+                tokenizer: PreTrainedTokenizerBase,  # saved beside it
+                path: str | os.PathLike,  # the folder to write (replaced if it exists)
+                state_dict: dict | None = None,  # the full weights of a sharded model (ZeRO-3, FSDP): `accelerator.get_state_dict(model)`, called on every process
+                card: Callable | None = None,  # card(model, tokenizer) -> the model card's text, written as README.md
+                ) -> Path:
+    """Write `model` (safetensors), `tokenizer` and a model card to the folder `path`, atomically."""
+    if state_dict is not None and hasattr(_unwrap_parallel(model), "merge_and_unload"):
+        raise ValueError("pass a LoRA model without state_dict: it is merged from its own weights")
+    model, path = merge_lora(model), Path(path)
+    ensure_pad_token(tokenizer, fix=False)
+    if model.config.pad_token_id != tokenizer.pad_token_id:
+        raise ValueError(f"model pads with id {model.config.pad_token_id}, tokenizer with {tokenizer.pad_token_id}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict)   # model.safetensors + config.json
+        tokenizer.save_pretrained(tmp)
+        if card is not None: (tmp / "README.md").write_text(card(model, tokenizer))
+        if path.exists(): shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+def save_reward_model(model: nn.Module,  # the reward model (wrappers are removed, LoRA adapters merged)
+                      tokenizer: PreTrainedTokenizerBase,  # its training tokenizer; saved as `reward_tokenizer(tokenizer)`
+                      path: str | os.PathLike,  # the folder to write (replaced if it exists)
+                      state_dict: dict | None = None,  # the full weights of a sharded model (ZeRO-3, FSDP): `accelerator.get_state_dict(model)`, called on every process
+                      card: dict | None = None,  # what the model card says: see `reward_model_card` (reward_mean/std also go into config.json)
+                      ) -> Path:
+    """Write `model` (safetensors), its scoring tokenizer and a model card to the folder `path`, atomically."""
+    config = _unwrap(model).config
+    config.problem_type = "regression"   # pipeline("text-classification") and vLLM return the raw reward, no sigmoid
+    card = dict(card or {})
+    if card.get("reward_mean") is not None: config.mean, config.std = card["reward_mean"], card["reward_std"]  # OpenRLHF's keys
+    return save_folder(model, reward_tokenizer(tokenizer), path, state_dict,
+                       lambda m, t: reward_model_card(m, t, {"name": Path(path).name, **card}))
+
+def load_reward_model(path: str | os.PathLike,  # a folder written by `save_reward_model` (or any HF reward model)
+                      dtype: torch.dtype | str | None = None,  # None: as saved
+                      trust_remote_code: bool = False,  # run code shipped with the model (only when you trust it)
+                      ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The reward model (in eval mode) and tokenizer saved at `path`."""
+    kwargs = {} if dtype is None else dict(dtype=dtype)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report is replaced by the check below
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    odd = {k: sorted(set(v) - {"prototypes.weight"}) for k, v in info.items() if k in ("missing_keys", "unexpected_keys")}
+    if any(odd.values()): warnings.warn(f"loading {path}: {odd}")
+    if k := getattr(model.config, "swav_prototypes", None):   # SwAV's learnable prototypes (06_contrastive)
+        from rmsecrets.contrastive import add_prototypes
+        with torch.no_grad(): add_prototypes(model, k).weight.copy_(_saved_tensor(path, "prototypes.weight"))
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    ensure_pad_token(tokenizer, fix=False)
+    return model.eval(), tokenizer
+
+def _saved_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
+    """One tensor of a saved model folder (single or sharded safetensors) — for layers transformers does not know."""
+    from safetensors import safe_open
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    file = path / (json.loads(index.read_text())["weight_map"][name] if index.exists() else "model.safetensors")
+    with safe_open(str(file), framework="pt") as f: return f.get_tensor(name)
+
+
+# %% ../nbs/02_reward_model.ipynb #394442e2
+def trl_reward_function(path: str | os.PathLike,  # a folder written by `save_reward_model`
+                        max_length: int = 512,  # most tokens per sequence; longer prompts are cut from the left, as in training
+                        batch_size: int = 32,  # sequences per forward pass
+                        ) -> Callable:
+    """A TRL reward function (`GRPOTrainer(reward_funcs=[...])`) that scores plain-text rows by this model's convention."""
+    model, tokenizer = load_reward_model(path)
+    def reward(prompts: list, completions: list, **kwargs) -> list[float]:
+        if prompts and not isinstance(prompts[0], str):
+            raise TypeError("conversational rows: pass the model folder itself in reward_funcs (its chat template is exact)")
+        return score(model, tokenizer, prompts, completions, batch_size, max_length).tolist()
+    reward.__name__ = Path(path).name   # TRL logs each reward under its function's name
+    return reward
 
 # %% ../nbs/02_reward_model.ipynb #6eab1fd9
 def enable_checkpointing(model: PreTrainedModel) -> PreTrainedModel:

@@ -145,6 +145,8 @@ class PPOConfig:
     value_clip: float | None = 0.2  # value-loss clip (the paper's 0.2); None switches it off
     reward_norm: bool = True      # normalise scores with running mean and std
     reward_clip: float | None = 5.0  # clip the normalised score to ±this; None switches it off
+    reward_mean: float | None = None  # the reward model's mean reward on its training pairs (config.json `mean`): the normaliser starts from it
+    reward_std: float | None = None   # ... and its std (config.json `std`); the prior weighs as much as one rollout
     whiten_advantages: bool = True
     critic_from_rm: bool = True   # initialise the critic from the reward model (else a fresh reward-model-shaped net)
     critic_warmup: int = 5        # iterations that train only the critic before the policy moves
@@ -225,6 +227,7 @@ def ppo(policy,  # the SFT policy (trained in place)
         out_dir: str | Path | None = None,  # history.jsonl, evals.jsonl, metrics.json and policy/ at the end
         accelerator: Accelerator | None = None,
         gold_fn=gold_scores,  # Samples -> gold rewards, tracked in the evaluations (None: no gold)
+        card: dict | None = None,  # more for the saved policy's card: command, reward_model, data, base_model
         ) -> PPOResult:
     """PPO-max: train `policy` on `reward_model`'s scores with a KL penalty to its starting point."""
     acc = accelerator or Accelerator()
@@ -249,6 +252,9 @@ def ppo(policy,  # the SFT policy (trained in place)
     eval_prompts = eval_prompts or prompts[:config.eval_prompts]
     rng = np.random.default_rng([config.seed, acc.process_index])
     moments, history, evals = RunningMoments(), [], []
+    if config.reward_mean is not None:   # the reward model's own statistics, worth one rollout; the policy's scores soon dominate
+        moments.n = config.rollout_prompts * config.k * acc.num_processes
+        moments.mean, moments.m2 = config.reward_mean, (config.reward_std or 1.0) ** 2 * moments.n
     ptx_iter = None
     if config.ptx_coef and demonstrations is not None:
         from torch.utils.data import DataLoader
@@ -326,7 +332,12 @@ def ppo(policy,  # the SFT policy (trained in place)
     if config.lora_r:   # plain models again: W ← W + (α/r)·B·A in place, every weight trainable as it came in
         policy, critic = policy.merge_and_unload().requires_grad_(True), critic.merge_and_unload().requires_grad_(True)
     if out_dir is not None and acc.is_main_process:
-        save_policy(policy, tokenizer, out_dir / "policy")
+        info = {"method": "PPO-max (Secrets of RLHF, Part I)", "metrics": {f"{when}_{k}": v for when, e in
+                (("first", evals[0]), ("last", evals[-1])) for k, v in e.items() if k != "iteration"},
+                "settings": {k: getattr(config, k) for k in ("iterations", "rollout_prompts", "k", "lr", "kl_coef", "reward_norm",
+                                                             "reward_clip", "lora_r", "seed")}, **(card or {})}
+        save_policy(policy, tokenizer, out_dir / "policy", card=info,
+                    sampling=dict(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens))
         (out_dir / "metrics.json").write_text(json.dumps({"config": asdict(config), "first": evals[0], "last": evals[-1],
                                                           "num_processes": acc.num_processes}, indent=2))
     return PPOResult(policy, critic, history, evals)

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['LossFn', 'PairOutput', 'pair_forward', 'bt_loss', 'bradley_terry', 'expected_calibration_error', 'pair_metrics',
            'score_pairs', 'evaluate', 'TrainConfig', 'EpochSampler', 'pair_lengths', 'LengthGroupedSampler',
-           'disable_dropout', 'save_checkpoint', 'latest_checkpoint', 'NonFiniteLossError', 'TrainResult',
-           'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
+           'disable_dropout', 'save_checkpoint', 'latest_checkpoint', 'reward_statistics', 'card_info',
+           'NonFiniteLossError', 'TrainResult', 'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
 
 # %% ../nbs/03_training.ipynb #a11e90f6
 import json
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .data import PairCollator, tokenize_pairs
-from .model import reward_forward, save_reward_model
+from .model import plain_text_gap, reward_forward, save_reward_model, score
 
 # %% ../nbs/03_training.ipynb #d70d7e61
 @dataclass
@@ -235,6 +235,48 @@ def latest_checkpoint(out_dir: Path | None) -> Path | None:
     done = sorted(p for p in (Path(out_dir) / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists())
     return done[-1] if done else None
 
+# %% ../nbs/03_training.ipynb #5d0e7d83
+def _evenly(n: int, most: int) -> list[int]:
+    """At most `most` indices spread evenly over range(n) (all of them when n ≤ most)."""
+    return list(range(n)) if n <= most else np.linspace(0, n - 1, most).round().astype(int).tolist()
+
+def reward_statistics(model, ds: Dataset,  # tokenised training pairs
+                      pad_token_id: int,
+                      batch_size: int = 64,
+                      accelerator: Accelerator | None = None,  # shard over processes and gather
+                      max_pairs: int = 2048,  # pairs scored (evenly spread over ds)
+                      ) -> dict:
+    """Mean and (population) std of the rewards of the chosen and rejected responses of up to `max_pairs` pairs."""
+    with torch.random.fork_rng(devices=[]):   # the loaders' seed draws leave the caller's random state as it was
+        s = score_pairs(model, ds.select(_evenly(len(ds), max_pairs)), pad_token_id, batch_size, accelerator)
+    r = np.concatenate([s["r_chosen"], s["r_rejected"]]).astype(np.float64)   # [2N]
+    return {"reward_mean": float(r.mean()), "reward_std": float(r.std()), "reward_n": int(len(r))}
+
+def _describe_loss(loss_fn) -> tuple[str, dict]:
+    """A loss's name and its scalar settings, for the model card."""
+    name = getattr(loss_fn, "__name__", None) or type(loss_fn).__name__
+    fields = vars(loss_fn) if not hasattr(loss_fn, "__name__") else {}
+    return name, {k: v for k, v in fields.items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+
+def card_info(model, tokenizer,
+              train_ds: Dataset,  # the tokenised training pairs
+              eval_ds: Dataset | None,  # the tokenised evaluation pairs (with their text: the TRL gap is measured on them)
+              config: TrainConfig, loss_fn, steps: int, metrics: dict,
+              max_gap_pairs: int = 256,  # evaluation pairs the TRL plain-text gap is measured on
+              ) -> dict:
+    """What the model card of a trained reward model says (`rmsecrets.model.reward_model_card`), measured where needed."""
+    loss, settings = _describe_loss(loss_fn)
+    info = {"loss": loss, "settings": settings, "train_pairs": len(train_ds), "steps": steps, "metrics": metrics,
+            "max_length": config.max_length}
+    if eval_ds is not None and {"prompt", "chosen"} <= set(eval_ds.column_names):
+        fits = [i for i, ids in enumerate(eval_ds["chosen_input_ids"]) if len(ids) < config.max_length]  # no prompt was cut
+        pick = eval_ds.select([fits[i] for i in _evenly(len(fits), max_gap_pairs)])
+        if len(pick):
+            info["gap"] = plain_text_gap(model, tokenizer, pick["prompt"], pick["chosen"])
+            r = float(score(model, tokenizer, pick["prompt"][:1], pick["chosen"][:1], max_length=config.max_length)[0])
+            info["example"] = {"prompt": pick["prompt"][0], "response": pick["chosen"][0], "reward": r}
+    return info
+
 # %% ../nbs/03_training.ipynb #a5535bde
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
@@ -275,6 +317,7 @@ def train_reward_model(
     out_dir: str | Path | None = None,  # metrics.jsonl, checkpoints/, model/, metrics.json (None: keep nothing)
     accelerator: Accelerator | None = None,  # pass one to share it; built from the config otherwise
     on_eval: Callable | None = None,  # on_eval(model) -> {name: value}, logged as eval_<name> at every evaluation
+    card: dict | None = None,  # more for the saved model's card: command, data, eval_data, base_model, datasets
 ) -> TrainResult:
     """Train `model` on preference pairs with `loss_fn`; resume from out_dir's newest checkpoint if any.
 
@@ -382,10 +425,12 @@ def train_reward_model(
         _log(acc, out_dir, history, {"step": state["step"], **{f"eval_{k}": v for k, v in metrics.items()}})
     sharded = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
     full_state = acc.get_state_dict(model) if out_dir is not None and sharded else None   # every process takes part
+    stats = reward_statistics(model, train_ds, tokenizer.pad_token_id, config.eval_batch_size, acc) if out_dir is not None else {}
     model = acc.unwrap_model(model)
     if out_dir is not None:
         if acc.is_main_process:
-            save_reward_model(model, tokenizer, out_dir / "model", state_dict=full_state)
+            info = card_info(model, tokenizer, train_ds, None if sharded else eval_ds, config, loss_fn, state["step"], metrics)
+            save_reward_model(model, tokenizer, out_dir / "model", state_dict=full_state, card=info | stats | (card or {}))
             (out_dir / "metrics.json").write_text(json.dumps({"config": asdict(config), "steps": state["step"],
                                                               "num_processes": acc.num_processes, "eval": metrics}, indent=2))
         acc.wait_for_everyone()

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['TOPICS', 'HARM', 'FILLER', 'OPENERS', 'POLITE', 'RUDE', 'LENGTHS', 'WORD_CLASS', 'GOLD_WEIGHTS', 'NOISE_KINDS',
-           'SPLIT_STREAMS', 'SPECIAL_TOKENS', 'WorldConfig', 'make_prompt', 'parse_prompt', 'sample_prompt',
-           'sample_response', 'gold_parts', 'gold_reward', 'annotate', 'make_pairs', 'make_world',
+           'SPLIT_STREAMS', 'SPECIAL_TOKENS', 'WORLD_CHAT_TEMPLATE', 'WorldConfig', 'make_prompt', 'parse_prompt',
+           'sample_prompt', 'sample_response', 'gold_parts', 'gold_reward', 'annotate', 'make_pairs', 'make_world',
            'make_demonstrations', 'make_prompts', 'world_vocabulary', 'make_tokenizer', 'save_world', 'load_world',
            'plot_label_noise']
 
@@ -230,8 +230,13 @@ def world_vocabulary() -> list[str]:
     texts += [w for _, ws in TOPICS.values() for w in ws] + HARM + FILLER + OPENERS + POLITE + RUDE + ["."]
     return sorted({w for t in texts for w in t.split()})
 
+# a conversation as the world writes it: "<bos>human : … assistant : …" and EOS after the answer, or the open "assistant :"
+WORLD_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if not loop.first %} {% endif %}"
+                       "{{ 'human' if m['role'] == 'user' else m['role'] }} : {{ m['content'] }}{% endfor %}"
+                       "{% if add_generation_prompt %} assistant :{% else %} {{ eos_token }}{% endif %}")
+
 def make_tokenizer():
-    """The world's word-level `PreTrainedTokenizerFast` (BOS prepended, pad distinct from EOS)."""
+    """The world's word-level `PreTrainedTokenizerFast` (BOS prepended, pad distinct from EOS, a chat template)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     vocab = {w: i for i, w in enumerate(SPECIAL_TOKENS + world_vocabulary())}
@@ -240,7 +245,8 @@ def make_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<bos>", eos_token="<eos>", padding_side="right")
+                                   bos_token="<bos>", eos_token="<eos>", padding_side="right",
+                                   chat_template=WORLD_CHAT_TEMPLATE)
 
 # %% ../nbs/00_world.ipynb #e5ed4c7b
 def save_world(config: WorldConfig, out: str | Path) -> Path:

@@ -304,8 +304,10 @@ def test_tokenize_over_long_response():
     with pytest.warns(UserWarning, match="1 × rejected: too long"):
         out, skipped = tokenize_pairs(pairs, tok, max_length=6, errors="skip", return_skipped=True)
     assert len(out) == 1 and out[0]["rejected"] == "b" and skipped.rows() == [1]
+    no_eos = PreTrainedTokenizerFast(tokenizer_object=make_tok().backend_tokenizer, pad_token="<pad>")
     with pytest.raises(ValueError, match="no EOS"):
-        tokenize_pairs(pairs, PreTrainedTokenizerFast(tokenizer_object=make_tok().backend_tokenizer, pad_token="<pad>"))
+        tokenize_pairs(pairs, no_eos, append_eos=True)
+    assert tokenize_pairs(pairs, no_eos)["chosen_input_ids"][0] == no_eos("p a")["input_ids"]   # default: EOS only if there is one
 
 
 def test_tokenize_hh_transcript_round_trip(hh_raw):

@@ -56,7 +56,7 @@ def test_fresh_process_plain_transformers_same_scores(tok, tmp_path):
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
         f"m = AutoModelForSequenceClassification.from_pretrained({str(path)!r}).eval()\n"
         f"t = AutoTokenizer.from_pretrained({str(path)!r})\n"
-        f"ids = [t(x)['input_ids'] + [t.eos_token_id] for x in {texts!r}]\n"
+        f"ids = [t(x)['input_ids'] for x in {texts!r}]\n"   # the saved tokenizer's plain call ends with EOS, as training does
         "n = max(map(len, ids))\n"
         "enc = {'input_ids': torch.tensor([s + [t.pad_token_id] * (n - len(s)) for s in ids]),\n"
         "       'attention_mask': torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in ids])}\n"

@@ -78,6 +78,12 @@ def test_sft_train_rm_ppo_from_the_command_line(tmp_path):
     assert [h["iteration"] for h in history] == [1, 2] and history[0]["critic_only"] and not history[1]["critic_only"]
     assert [e["iteration"] for e in evals] == [0, 2] and all(np.isfinite(e["gold"]) for e in evals)
     assert (tmp_path / "ppo" / "policy" / "model.safetensors").exists()
+    rm_config = json.loads((tmp_path / "rm" / "model" / "config.json").read_text())
+    ppo_config = json.loads((tmp_path / "ppo" / "metrics.json").read_text())["config"]
+    assert (ppo_config["reward_mean"], ppo_config["reward_std"]) == (rm_config["mean"], rm_config["std"])   # read from the RM
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(tmp_path / "ppo" / "policy" / "README.md")
+    assert "ppo" in card.data.tags and f"| last_gold | {evals[-1]['gold']:.4f} |" in card.text and "rmsecrets ppo" in card.text
     # the same under accelerate with two CPU processes, LoRA on policy and critic (the 7B path)
     ddp = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli",
@@ -138,3 +144,19 @@ def test_ppo_refuses_a_trained_adapter_and_deepspeed(tiny_setup):
     for kind in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         with pytest.raises(NotImplementedError, match="DDP"):
             ppo(sft, rm, tok, prompts, PPOConfig(), accelerator=SimpleNamespace(distributed_type=kind))
+
+
+def test_reward_statistics_start_the_running_normaliser(tiny_setup):
+    "PPOConfig.reward_mean/std (a reward model's config.json mean/std) weigh as one rollout in the running moments."
+    import copy
+    from dataclasses import replace
+    from rmsecrets.ppo import PPOConfig, ppo
+    sft, rm, tok, prompts = tiny_setup
+    base = PPOConfig(iterations=1, critic_warmup=1, rollout_prompts=8, mini_batch=8, eval_prompts=4, eval_every=0,
+                     max_new_tokens=8, progress=False)
+    plain = ppo(copy.deepcopy(sft), rm, tok, prompts, base).history[0]          # the first rollout's own moments
+    primed = ppo(copy.deepcopy(sft), rm, tok, prompts, replace(base, reward_mean=3.0, reward_std=2.0)).history[0]
+    n0 = n = 8                                                                   # the prior: one rollout of 8
+    mean = (n0 * 3.0 + n * plain["score_mean"]) / (n0 + n)
+    var = (n0 * 4.0 + n * plain["score_std"] ** 2 + n0 * n / (n0 + n) * (3.0 - plain["score_mean"]) ** 2) / (n0 + n)
+    assert primed["score_mean"] == pytest.approx(mean) and primed["score_std"] == pytest.approx(var ** 0.5)

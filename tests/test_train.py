@@ -1,4 +1,5 @@
 """Tests of `rmsecrets.train` without the notebook: the loss against its formula, seeds, resuming, NaN, metrics, accumulation, real data, TRL."""
+import copy
 import json
 import math
 import os
@@ -521,7 +522,12 @@ def test_trl_reward_trainer_trains_an_rmsecrets_folder(tok, tmp_path):
                             learning_rate=1e-3, report_to="none", bf16=False, activation_checkpointing=False,
                             use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
                             dataloader_num_workers=0)
-    processing = load_reward_model(path)[1]
+    # RewardTrainer appends the EOS string to plain-text rows itself: the saved tokenizer, which appends EOS too (so
+    # that a pipeline scores as training did), would end them with two; the training tokenizer is what it takes
+    saved_tok = load_reward_model(path)[1]
+    assert saved_tok(pairs["prompt"][0] + saved_tok.eos_token)["input_ids"][-2:] == [tok.eos_token_id] * 2
+    assert "RewardTrainer" in (path / "README.md").read_text()   # the card says which tokenizer to give it
+    processing = copy.deepcopy(tok)
     trainer = quiet(trl.RewardTrainer, model=str(path), args=args, train_dataset=trl_ds, processing_class=processing)
     # TRL tokenises exactly as rmsecrets does: <bos> prompt response <eos>
     ours = tokenize_pairs(pairs, tok, 64)
