@@ -70,14 +70,16 @@ def test_two_processes_train_the_model_one_process_trains(runs):
 
     Not bit for bit: the sums run in another order (two half-batch means, then their average), and AdamW divides by
     √v, which turns rounding in coordinates whose gradient is near zero into steps of up to lr. Even one process
-    with 1 or 2 torch threads differs by ~1e-6 here, and the gap grows step by step. So: the first step's loss and
-    gradient norm to 1e-6 relative, every step's to 1e-4, the weights to 5e-5 absolute — against a training that
+    with 1 or 2 torch threads differs by ~1e-6 here, and the gap grows step by step; the gradient norm, a sum over
+    every coordinate, grows fastest (1.2e-4 relative by step 8 with one torch thread in the test process). So: the
+    first step's loss and gradient norm to 1e-6 relative, every step's loss to 1e-4 and gradient norm to 1e-3 (a
+    summed instead of averaged gradient would be off by 100%), the weights to 5e-5 absolute — against a training that
     moved them by more than 100 times that."""
     ddp, single = runs
     assert len(single["losses"]) == 8
-    for key in ("losses", "grad_norms"):
+    for key, rel in (("losses", 1e-4), ("grad_norms", 1e-3)):
         assert ddp[0][key][0] == pytest.approx(single[key][0], rel=1e-6)
-        assert ddp[0][key] == pytest.approx(single[key], rel=1e-4)
+        assert ddp[0][key] == pytest.approx(single[key], rel=rel)
     init = worker.make_reward_model("tiny", worker.make_tokenizer(), seed=0).state_dict()
     assert max((single["params"][k] - init[k]).abs().max().item() for k in init) > 100 * 5e-5
     for k in single["params"]:
