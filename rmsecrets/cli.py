@@ -431,7 +431,9 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     config = TrainConfig(epochs=1 if args.quick else 2, batch_size=32, lr=2e-3, eval_every=25, log_every=5,
                          max_length=64, seed=args.seed, progress=not args.quiet)
     tr, va, te = (tokenize_pairs(world["preferences"][s], tok, config.max_length) for s in ("train", "validation", "test"))
-    result = train_reward_model(make_reward_model("tiny", tok, seed=args.seed), tok, tr, va, config, out_dir=out / "rm")
+    result = train_reward_model(make_reward_model("tiny", tok, seed=args.seed), tok, tr, va, config, out_dir=out / "rm",
+                                card={"command": getattr(args, "command_line", None) or "rmsecrets demo", "backbone": "tiny",
+                                      "data": f"the demo's world (seed {args.seed})", "eval_data": "its validation split"})
     scores = score_pairs(result.model, te, tok.pad_token_id)
     metrics = pair_metrics(scores["r_chosen"], scores["r_rejected"], scores["label_is_wrong"])
     report.add("## 2. A reward model trained on noisy labels\n\nA tiny Llama-style reward model (Bradley–Terry loss), "
@@ -605,7 +607,9 @@ def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Pat
     from rmsecrets.ppo import PPOConfig, compare_ppo, plot_ppo, summarise_ppo
     from rmsecrets.train import TrainConfig, train_reward_model
     sft = train_sft(make_policy("tiny", tok, seed=args.seed), tok, world["demonstrations"],
-                    SFTConfig(epochs=1 if args.quick else 3, seed=args.seed, progress=False), out_dir=out / "sft").model
+                    SFTConfig(epochs=1 if args.quick else 3, seed=args.seed, progress=False), out_dir=out / "sft",
+                    card={"command": getattr(args, "command_line", None) or "rmsecrets demo", "backbone": "tiny",
+                          "data": f"the demo's world (seed {args.seed}), demonstrations"}).model
     rm_margin = train_reward_model(make_reward_model("tiny", tok, seed=args.seed), tok, annotated, valid,
                                    TrainConfig(epochs=1 if args.quick else 2, lr=2e-3, max_length=64, seed=args.seed,
                                                progress=False), loss_fn=LABEL_TRICKS["margin"]).model

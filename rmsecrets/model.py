@@ -398,6 +398,7 @@ def save_folder(model: nn.Module,  # a Hugging Face model (wrappers are removed,
                 path: str | os.PathLike,  # the folder to write (replaced if it exists)
                 state_dict: dict | None = None,  # the full weights of a sharded model (ZeRO-3, FSDP): `accelerator.get_state_dict(model)`, called on every process
                 card: Callable | None = None,  # card(model, tokenizer) -> the model card's text, written as README.md
+                check: Callable | None = None,  # check(folder) raises if what was written is wrong; before the folder is moved into place
                 ) -> Path:
     """Write `model` (safetensors), `tokenizer` and a model card to the folder `path`, atomically."""
     if state_dict is not None and hasattr(_unwrap_parallel(model), "merge_and_unload"):
@@ -412,6 +413,7 @@ def save_folder(model: nn.Module,  # a Hugging Face model (wrappers are removed,
         model.save_pretrained(tmp, state_dict=state_dict)   # model.safetensors + config.json
         tokenizer.save_pretrained(tmp)
         if card is not None: (tmp / "README.md").write_text(card(model, tokenizer))
+        if check is not None: check(tmp)
         if path.exists(): shutil.rmtree(path)
         tmp.rename(path)
     except BaseException:
@@ -430,8 +432,12 @@ def save_reward_model(model: nn.Module,  # the reward model (wrappers are remove
     config.problem_type = "regression"   # pipeline("text-classification") and vLLM return the raw reward, no sigmoid
     card = dict(card or {})
     if card.get("reward_mean") is not None: config.mean, config.std = card["reward_mean"], card["reward_std"]  # OpenRLHF's keys
-    return save_folder(model, reward_tokenizer(tokenizer), path, state_dict,
-                       lambda m, t: reward_model_card(m, t, {"name": Path(path).name, **card}))
+    tok = reward_tokenizer(tokenizer)
+    def check(folder: Path):   # some tokenizer classes rebuild their special tokens when loaded: the convention must survive
+        got, want = special_affixes(AutoTokenizer.from_pretrained(folder)), special_affixes(tok)
+        if got != want: raise ValueError(f"the saved tokenizer adds the special ids {got} when reloaded, not {want}: "
+                                         f"{type(tokenizer).__name__} does not keep the EOS the reward is read at")
+    return save_folder(model, tok, path, state_dict, lambda m, t: reward_model_card(m, t, {"name": Path(path).name, **card}), check)
 
 def load_reward_model(path: str | os.PathLike,  # a folder written by `save_reward_model` (or any HF reward model)
                       dtype: torch.dtype | str | None = None,  # None: as saved

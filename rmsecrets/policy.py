@@ -77,7 +77,7 @@ A policy made with [rmsecrets](https://github.com/rmsecrets/rmsecrets) (*Secrets
 
 ## Training
 
-{table({'data': info.get('data', '—'), **(info.get('settings') or {})})}
+{table({'backbone': info.get('backbone', '—'), 'data': info.get('data', '—'), **(info.get('settings') or {})})}
 Command: `{info.get('command', 'not recorded')}`
 
 ## Evaluation

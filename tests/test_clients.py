@@ -210,3 +210,13 @@ def test_trl_reward_function_scores_plain_text_by_the_convention(case):
     assert isinstance(got, list) and len(got) == len(case["prompts"]) and all(isinstance(r, float) for r in got)
     assert (torch.tensor(got) - case["ours"]).abs().max() < TOL
     assert reward.__name__ == case["folder"].name
+
+
+def test_save_refuses_a_tokenizer_that_loses_the_convention(tmp_path, monkeypatch):
+    "A tokenizer class that rebuilt its special tokens on load (dropping the appended EOS) is caught before anything is written."
+    import rmsecrets.model as M
+    tok = make_tokenizer()
+    monkeypatch.setattr(M.AutoTokenizer, "from_pretrained", lambda *args, **kwargs: make_tokenizer())   # reloads without EOS
+    with pytest.raises(ValueError, match="does not keep the EOS"):
+        M.save_reward_model(M.make_reward_model("tiny", tok), tok, tmp_path / "rm")
+    assert not list(tmp_path.iterdir())   # no folder, no temporary left behind
