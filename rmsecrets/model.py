@@ -358,11 +358,11 @@ score(model, tokenizer, [{json.dumps(example['prompt'])}], [{json.dumps(example[
 
 TRL GRPO/RLOO (`reward_funcs=["{name}"]`): conversational rows are scored exactly as above — the chat template saved
 here writes a conversation as the training text, special tokens included. {trl_plain}
-
+""" + ("""
 Training further with TRL's `RewardTrainer`: conversational rows go through the same chat template; on plain-text
 rows it appends the EOS string itself, so give it the tokenizer training used (`processing_class=`: the backbone's,
 with this folder's pad token) — this folder's tokenizer, which appends EOS too, would end them with two.
-""" + (f"""
+""" if decoder else "") + (f"""
 OpenRLHF (the head is `score`, no bias; the reward is read at the last attended token):
 
 ```python
