@@ -276,7 +276,7 @@ def reward_model_card(model: PreTrainedModel,  # the model as saved
     meta = ModelCardData(library_name="transformers", pipeline_tag="text-classification", license=info.get("license"),
                          tags=["reward-model", "rlhf", "rmsecrets"], base_model=info.get("base_model"),
                          datasets=info.get("datasets"), metrics=["accuracy"] if info.get("metrics") else None)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = info.get("parameters") or sum(p.numel() for p in model.parameters())   # a sharded model's come from its state dict
     metrics = info.get("metrics") or {}
     example = info.get("example") or {"prompt": "human : how do i learn python ? assistant :", "response": "practice daily ."}
     text = json.dumps(join_text(example["prompt"], example["response"]))
@@ -431,6 +431,7 @@ def save_reward_model(model: nn.Module,  # the reward model (wrappers are remove
     config = _unwrap(model).config
     config.problem_type = "regression"   # pipeline("text-classification") and vLLM return the raw reward, no sigmoid
     card = dict(card or {})
+    if state_dict is not None: card.setdefault("parameters", sum(v.numel() for v in state_dict.values()))
     if card.get("reward_mean") is not None: config.mean, config.std = card["reward_mean"], card["reward_std"]  # OpenRLHF's keys
     tok = reward_tokenizer(tokenizer)
     def check(folder: Path):   # some tokenizer classes rebuild their special tokens when loaded: the convention must survive

@@ -73,7 +73,7 @@ def policy_card(model: PreTrainedModel, tokenizer,
 
 A policy made with [rmsecrets](https://github.com/rmsecrets/rmsecrets) (*Secrets of RLHF in Large Language Models*,
 [Part I](https://arxiv.org/abs/2307.04964) and [Part II](https://arxiv.org/abs/2401.06080)): a `{type(model).__name__}`
-({sum(p.numel() for p in model.parameters()):,} parameters) trained by {method}.{' Reward model: `' + str(info['reward_model']) + '`.' if info.get('reward_model') else ''}
+({info.get('parameters') or sum(p.numel() for p in model.parameters()):,} parameters) trained by {method}.{' Reward model: `' + str(info['reward_model']) + '`.' if info.get('reward_model') else ''}
 
 ## Training
 
@@ -114,6 +114,7 @@ def save_policy(model, tokenizer, path,
                                      max_new_tokens=s["max_new_tokens"], pad_token_id=tokenizer.pad_token_id,
                                      eos_token_id=tokenizer.eos_token_id)
     info = {"name": Path(path).name, "sampling": s, **(card or {})}
+    if state_dict is not None: info.setdefault("parameters", sum(v.numel() for v in state_dict.values()))   # a sharded policy
     return save_folder(model, tokenizer, path, state_dict, lambda m, t: policy_card(m, t, info))
 
 def load_policy(path, dtype=None):
