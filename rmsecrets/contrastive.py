@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['INSTANCE_KINDS', 'METHODS', 'CONTRASTIVE', 'SHIFTED_WORLD', 'add_dropout', 'instances', 'simcse_loss', 'sinkhorn',
-           'add_prototypes', 'swav_loss', 'Contrastive', 'response_features', 'probe_accuracy', 'plot_features',
-           'compare_contrastive', 'summarise']
+           'swav_loss', 'Contrastive', 'response_features', 'probe_accuracy', 'plot_features', 'compare_contrastive',
+           'summarise']
 
 # %% ../nbs/06_contrastive.ipynb #8afa0453
 from dataclasses import dataclass, replace
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
-from .model import _unwrap, reward_head
+from .model import add_prototypes, unwrap
 from .train import PairOutput, bradley_terry, pair_forward
 
 # %% ../nbs/06_contrastive.ipynb #71dd4b51
@@ -25,7 +25,7 @@ def add_dropout(model: nn.Module,  # a reward model (wrappers are looked through
                 p: float = 0.05,  # the paper's rate
                 ) -> nn.Module:
     """Set the model's dropout to `p`; add embedding-output dropout if it has no dropout layers. Idempotent."""
-    m = _unwrap(model)
+    m = unwrap(model)
     layers = [d for d in m.modules() if isinstance(d, nn.Dropout)]
     for d in layers: d.p = p
     for mod in m.modules():   # attention-probability dropout kept as a float attribute (Llama, Mistral, Qwen, ...)
@@ -110,24 +110,6 @@ def sinkhorn(scores: torch.Tensor,  # [N, K] similarities of N instances to K pr
     return (q * n).T.to(scores.dtype)                                                  # [N, K] rows sum to 1
 
 # %% ../nbs/06_contrastive.ipynb #814a800b
-def add_prototypes(model: nn.Module,  # a reward model (wrappers are looked through)
-                   k: int,  # number of prototypes
-                   seed: int = 0,  # seeds their initialisation
-                   ) -> nn.Linear:
-    """Attach K learnable prototypes (a bias-free Linear from the feature size to K) as `model.prototypes`."""
-    m = _unwrap(model)
-    head = reward_head(m)
-    if isinstance(getattr(m, "prototypes", None), nn.Linear):
-        if m.prototypes.out_features != k:
-            raise ValueError(f"the model already has {m.prototypes.out_features} prototypes, not {k}")
-        return m.prototypes
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        layer = nn.Linear(head.in_features, k, bias=False)
-    m.add_module("prototypes", layer.to(device=head.weight.device, dtype=head.weight.dtype))
-    m.config.swav_prototypes = k
-    return m.prototypes
-
 def swav_loss(z1: torch.Tensor,  # [N, H] first view of N instances
               z2: torch.Tensor,  # [N, H] second view
               prototypes: torch.Tensor,  # [K, H] prototype vectors (normalised here)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from .data import PairCollator
-from .model import make_reward_model, reward_head
+from .model import head_name, make_reward_model, reward_head
 from .strength import StrengthConfig, Votes, train_voter, annotate, spearman, strength_stats, strength_summary, vote
 from .train import EpochSampler, NonFiniteLossError, TrainConfig, pair_forward, score_pairs, train_reward_model
 
@@ -68,11 +68,6 @@ def bootstrap_weights(n_heads: int,  # M
     """Online-bagging weights w_{m,i} ~ Poisson(1): [M, N] float32."""
     return np.random.default_rng(seed).poisson(1.0, size=(n_heads, n)).astype(np.float32)
 
-def _head_attr(model: nn.Module) -> str:
-    """The attribute name of the scalar head on the (unwrapped) model."""
-    head, base = reward_head(model), model.get_base_model() if hasattr(model, "get_base_model") else model
-    return next(name for name, module in base.named_children() if module is head)
-
 def add_heads(model: nn.Module,  # a reward model (`make_reward_model`)
               n_heads: int,  # M
               seed: int = 0,  # head m is drawn with seed + m
@@ -85,7 +80,7 @@ def add_heads(model: nn.Module,  # a reward model (`make_reward_model`)
         for m in range(n_heads):
             new.weight[m] = torch.randn(head.in_features, generator=torch.Generator().manual_seed(seed + m)) * std
         if new.bias is not None: new.bias.zero_()
-    setattr(model, _head_attr(model), new.to(head.weight.device, head.weight.dtype))
+    setattr(model, head_name(model), new.to(head.weight.device, head.weight.dtype))
     model.config.num_labels = n_heads
     return model
 
@@ -305,7 +300,7 @@ def lora(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
         train, score, seed = pairs.select(train_idx), pairs.select(score_idx), config.seed + 1000 * f
         model = (train_voter(train, tokenizer, config, 1000 * f) if base == "trained"
                  else make_reward_model(config.backbone, tokenizer, seed=seed))
-        adapter = LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, modules_to_save=[_head_attr(model)],
+        adapter = LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, modules_to_save=[head_name(model)],
                              task_type="SEQ_CLS")
         chosen, rejected = [], []
         for m in range(config.n_voters):

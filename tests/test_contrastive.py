@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rmsecrets.contrastive import CONTRASTIVE, Contrastive, add_prototypes, simcse_loss, sinkhorn, swav_loss
+from rmsecrets.contrastive import CONTRASTIVE, Contrastive, simcse_loss, sinkhorn, swav_loss
+from rmsecrets.model import add_prototypes
 from rmsecrets.data import tokenize_pairs
 from rmsecrets.model import load_reward_model, make_reward_model
 from rmsecrets.train import PairOutput, TrainConfig, train_reward_model
