@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['PRESETS', 'preset_config', 'ensure_pad_token', 'make_reward_model', 'last_token_index', 'unwrap', 'head_name',
            'reward_head', 'reward_forward', 'encode_responses', 'score', 'special_affixes', 'hh_chat_template',
-           'reward_tokenizer', 'plain_text_scores', 'plain_text_gap', 'reward_model_card', 'merge_lora', 'save_folder',
-           'save_reward_model', 'load_reward_model', 'add_prototypes', 'trl_reward_function', 'enable_checkpointing',
-           'lora_targets', 'add_lora']
+           'reward_tokenizer', 'plain_text_scores', 'plain_text_gap', 'card_table', 'reward_model_card', 'merge_lora',
+           'save_folder', 'save_reward_model', 'load_reward_model', 'add_prototypes', 'trl_reward_function',
+           'enable_checkpointing', 'lora_targets', 'add_lora']
 
 # %% ../nbs/02_reward_model.ipynb #c935ebd6
 import copy
@@ -267,6 +267,12 @@ def plain_text_gap(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
 # %% ../nbs/02_reward_model.ipynb #4b8be7e7
 def _fmt(v) -> str: return f"{v:.4f}" if isinstance(v, float) else str(v)
 
+def card_table(rows: dict,  # name -> value; floats are written with four decimals
+               header: tuple = ("", ""),  # the two column titles
+               ) -> str:
+    """A two-column Markdown table for a model card."""
+    return f"| {header[0]} | {header[1]} |\n|---|---|\n" + "".join(f"| {k} | {_fmt(v)} |\n" for k, v in rows.items())
+
 def reward_model_card(model: PreTrainedModel,  # the model as saved
                       tokenizer: PreTrainedTokenizerBase,  # the tokenizer as saved (`reward_tokenizer`)
                       info: dict,  # what training knows: name, backbone, base_model, datasets, loss, settings, data, train_pairs, steps, metrics, reward_mean/std/n, gap, example, command, max_length
@@ -282,9 +288,10 @@ def reward_model_card(model: PreTrainedModel,  # the model as saved
     example = info.get("example") or {"prompt": "human : how do i learn python ? assistant :", "response": "practice daily ."}
     text = json.dumps(join_text(example["prompt"], example["response"]))
     shown = f"  # {example['reward']:.4f}" if "reward" in example else ""
-    rows = [("backbone", info.get("backbone", "—")), ("loss", info.get("loss", "—")), ("settings", ", ".join(f"{k}={_fmt(v)}" for k, v in (info.get("settings") or {}).items()) or "—"),
-            ("training data", info.get("data", "—")), ("training pairs", info.get("train_pairs", "—")),
-            ("optimiser steps", info.get("steps", "—")), ("max_length", max_length)]
+    settings = ", ".join(f"{k}={_fmt(v)}" for k, v in (info.get("settings") or {}).items()) or "—"
+    rows = {"backbone": info.get("backbone", "—"), "loss": info.get("loss", "—"), "settings": settings,
+            "training data": info.get("data", "—"), "training pairs": info.get("train_pairs", "—"),
+            "optimiser steps": info.get("steps", "—"), "max_length": max_length}
     gap = info.get("gap")
     stats = (f"Reward statistics on {info.get('reward_n')} training responses: mean {info['reward_mean']:.4f}, std "
              f"{info['reward_std']:.4f}. They are in `config.json` as `mean` and `std` (OpenRLHF's keys; its `normalize_reward` "
@@ -308,14 +315,12 @@ P(y₁ ≻ y₂ | x) = σ(r(x, y₁) − r(x, y₂)).
 
 ## Training
 
-| | |
-|---|---|
-""" + "".join(f"| {k} | {v} |\n" for k, v in rows) + f"""
+""" + card_table(rows) + f"""
 Command: `{info.get('command', 'not recorded')}`
 
 ## Evaluation
 
-""" + ("| metric | value |\n|---|---|\n" + "".join(f"| {k} | {_fmt(v)} |\n" for k, v in metrics.items())
+""" + (card_table(metrics, ("metric", "value"))
        + f"\nOn {info.get('eval_data', 'held-out pairs')}. `accuracy` is against the labels; `accuracy_true` against the truth "
        "where it is known (rmsecrets' generated world); `ece` is the calibration error of σ(r_c − r_r).\n"
        if metrics else "Not evaluated.\n") + f"""

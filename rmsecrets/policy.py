@@ -24,7 +24,7 @@ from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, LlamaCon
                           PreTrainedModel, get_scheduler)
 
 from .data import PreferenceDataError, fit_ids, split_ids
-from .model import PRESETS, enable_checkpointing, ensure_pad_token, save_folder
+from .model import PRESETS, card_table, enable_checkpointing, ensure_pad_token, save_folder
 
 # %% ../nbs/07_policy.ipynb #41d3d7b0
 def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a local folder or a hub name
@@ -63,8 +63,6 @@ def policy_card(model: PreTrainedModel, tokenizer,
     name, method, s = info.get("name", "policy"), info.get("method", "a causal LM"), info.get("sampling", SAMPLING)
     meta = ModelCardData(library_name="transformers", pipeline_tag="text-generation", base_model=info.get("base_model"),
                          datasets=info.get("datasets"), tags=["rlhf", "rmsecrets"] + [t for t in ("sft", "ppo") if t in method.lower()])
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
-    table = lambda d: "| | |\n|---|---|\n" + "".join(f"| {k} | {fmt(v)} |\n" for k, v in d.items())
     prompt = json.dumps(info.get("example_prompt", "human : how do i learn python ? assistant :"))
     chat = ("Its tokenizer carries a chat template (`apply_chat_template(messages, add_generation_prompt=True)` gives the "
             "prompt text's ids)." if tokenizer.chat_template else "Its tokenizer has no chat template: prompts are plain text.")
@@ -77,12 +75,12 @@ A policy made with [rmsecrets](https://github.com/rmsecrets/rmsecrets) (*Secrets
 
 ## Training
 
-{table({'backbone': info.get('backbone', '—'), 'data': info.get('data', '—'), **(info.get('settings') or {})})}
+{card_table({'backbone': info.get('backbone', '—'), 'data': info.get('data', '—'), **(info.get('settings') or {})})}
 Command: `{info.get('command', 'not recorded')}`
 
 ## Evaluation
 
-{table(info['metrics']) if info.get('metrics') else 'Not evaluated.'}
+{card_table(info['metrics']) if info.get('metrics') else 'Not evaluated.'}
 ## Generate
 
 The saved generation defaults are rmsecrets' sampling settings (temperature {s['temperature']}, top-p {s['top_p']}, at most
