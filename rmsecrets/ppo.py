@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification
 
 from .model import add_lora, lora_targets, merge_lora, reward_head
 from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy
@@ -240,10 +241,13 @@ def ppo(policy,  # the SFT policy (trained in place)
     policy, ref = reference_policy(policy, config)                                         # π_ref: the SFT policy
     if not config.lora_r: ref = ref.to(acc.device)
     reward_model = reward_model.to(acc.device)                                              # scored under no_grad only
-    critic = copy.deepcopy(reward_model).requires_grad_(True)                             # V: the reward model's shape
-    if not config.critic_from_rm:                                                          # ... with fresh weights
+    if config.critic_from_rm: critic = copy.deepcopy(reward_model)                        # V: the reward model itself
+    else:                                                                                  # ... or its shape, fresh weights
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed); critic.apply(critic._init_weights)
+            torch.manual_seed(config.seed)
+            critic = AutoModelForSequenceClassification.from_config(copy.deepcopy(reward_model.config))
+        critic = critic.to(device=acc.device, dtype=next(reward_model.parameters()).dtype)
+    critic.requires_grad_(True)
     if config.lora_r: critic = _lora(merge_lora(critic), config)                          # frozen trunk, head trained
     policy.eval(); critic.eval()   # no dropout: the ratio must compare the same function (gradients still flow)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr)

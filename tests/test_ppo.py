@@ -160,3 +160,19 @@ def test_reward_statistics_start_the_running_normaliser(tiny_setup):
     mean = (n0 * 3.0 + n * plain["score_mean"]) / (n0 + n)
     var = (n0 * 4.0 + n * plain["score_std"] ** 2 + n0 * n / (n0 + n) * (3.0 - plain["score_mean"]) ** 2) / (n0 + n)
     assert primed["score_mean"] == pytest.approx(mean) and primed["score_std"] == pytest.approx(var ** 0.5)
+
+
+def test_a_fresh_critic_is_built_from_the_reward_models_config(tiny_setup):
+    "critic_from_rm=False: the reward model's architecture, freshly initialised under the seed (no private init call)."
+    import copy
+    from rmsecrets.ppo import PPOConfig, ppo
+    sft, rm, tok, prompts = tiny_setup
+    config = PPOConfig(iterations=0, eval_prompts=4, max_new_tokens=4, critic_from_rm=False, seed=3, progress=False)
+    first, again = (ppo(copy.deepcopy(sft), rm, tok, prompts, config).critic.state_dict() for _ in range(2))
+    ours = rm.state_dict()
+    assert first.keys() == ours.keys() and all(first[k].shape == ours[k].shape for k in ours)
+    assert all(torch.equal(first[k], again[k]) for k in first)                      # the seed decides it
+    assert not torch.equal(first["model.layers.0.self_attn.q_proj.weight"], ours["model.layers.0.self_attn.q_proj.weight"])
+    from_rm = ppo(copy.deepcopy(sft), rm, tok, prompts, PPOConfig(iterations=0, eval_prompts=4, max_new_tokens=4,
+                                                                 progress=False)).critic.state_dict()
+    assert all(torch.equal(from_rm[k], ours[k]) for k in ours)                      # the default: the reward model itself
