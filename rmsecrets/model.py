@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'preset_config', 'ensure_pad_token', 'make_reward_model', 'last_token_index', 'unwrap', 'head_name',
-           'reward_head', 'reward_forward', 'encode_responses', 'score', 'special_affixes', 'hh_chat_template',
-           'reward_tokenizer', 'plain_text_scores', 'plain_text_gap', 'card_table', 'reward_model_card', 'merge_lora',
-           'save_folder', 'save_reward_model', 'load_reward_model', 'add_prototypes', 'trl_reward_function',
-           'enable_checkpointing', 'lora_targets', 'add_lora']
+           'reward_head', 'reward_forward', 'encode_responses', 'score', 'batched_rewards', 'special_affixes',
+           'hh_chat_template', 'reward_tokenizer', 'plain_text_scores', 'plain_text_gap', 'card_table',
+           'reward_model_card', 'merge_lora', 'save_folder', 'save_reward_model', 'load_reward_model', 'add_prototypes',
+           'trl_reward_function', 'enable_checkpointing', 'lora_targets', 'add_lora']
 
 # %% ../nbs/02_reward_model.ipynb #c935ebd6
 import copy
@@ -188,14 +188,23 @@ def score(model: nn.Module,  # a reward model
           ) -> torch.Tensor:
     """Rewards r(x, y) of the N (prompt, response) pairs, as a float32 CPU tensor [N]."""
     if len(prompts) != len(responses): raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    return batched_rewards(model, len(prompts), batch_size, lambda i, j: encode_responses(
+        tokenizer, prompts[i:j], responses[i:j], max_length, append_eos))
+
+@torch.no_grad()
+def batched_rewards(model: nn.Module,  # a reward model
+                    n: int,  # sequences in all
+                    batch_size: int,  # sequences per forward pass
+                    encode: Callable,  # encode(i, j) -> the model's inputs for sequences i..j-1
+                    ) -> torch.Tensor:
+    """`logits[:, 0]` of the n sequences, batch by batch, in eval mode (the mode is restored): a float32 CPU tensor [N]."""
     device, was_training = next(model.parameters()).device, model.training
     model.eval()
     try:
         out = [torch.zeros(0)]
-        for i in range(0, len(prompts), batch_size):
-            enc = encode_responses(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], max_length, append_eos)
-            out.append(model(input_ids=enc["input_ids"].to(device),
-                             attention_mask=enc["attention_mask"].to(device)).logits[:, 0].float().cpu())  # [B]
+        for i in range(0, n, batch_size):
+            enc = {k: v.to(device) for k, v in encode(i, min(i + batch_size, n)).items()}
+            out.append(model(**enc).logits[:, 0].float().cpu())                  # [B]
         return torch.cat(out)
     finally:
         model.train(was_training)
@@ -241,16 +250,9 @@ def plain_text_scores(model: nn.Module,  # a reward model
                       batch_size: int = 32,  # sequences per forward pass
                       ) -> torch.Tensor:
     """TRL GRPO/RLOO's reward of plain-text rows: `prompt + completion`, no special tokens, right padding, `logits[:, 0]` [N]."""
-    device, was_training, out = next(model.parameters()).device, model.training, [torch.zeros(0)]
-    model.eval()
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [p + r for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
-            enc = tokenizer(texts, padding=True, padding_side="right", add_special_tokens=False, return_tensors="pt")
-            out.append(model(**enc.to(device)).logits[:, 0].float().cpu())
-        return torch.cat(out)
-    finally:
-        model.train(was_training)
+    texts = [p + r for p, r in zip(prompts, responses)]
+    return batched_rewards(model, len(texts), batch_size, lambda i, j: tokenizer(
+        texts[i:j], padding=True, padding_side="right", add_special_tokens=False, return_tensors="pt"))
 
 def _spearman(a, b) -> float:
     """Rank correlation of two score vectors (ties broken by order: these are continuous scores)."""

@@ -256,7 +256,7 @@ def ppo(policy,  # the SFT policy (trained in place)
     eval_prompts = eval_prompts or prompts[:config.eval_prompts]
     rng = np.random.default_rng([config.seed, acc.process_index])
     moments, history, evals = RunningMoments(), [], []
-    if config.reward_mean is not None:   # the reward model's own statistics, worth one rollout; the policy's scores soon dominate
+    if config.reward_norm and config.reward_mean is not None:   # the reward model's own statistics, worth one rollout; the policy's scores soon dominate
         moments.n = config.rollout_prompts * config.k * acc.num_processes
         moments.mean, moments.m2 = config.reward_mean, (config.reward_std or 1.0) ** 2 * moments.n
     ptx_iter = None
