@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
-from .model import add_prototypes, unwrap
-from .train import PairOutput, bradley_terry, pair_forward
+from .core import mean_std, run_grid
+from .model import add_prototypes, make_reward_model, unwrap
+from .train import WORLD_TRAIN, PairOutput, RewardLoss, as_reward_loss, bradley_terry, evaluate, pair_forward, train_reward_model
 
 # %% ../nbs/06_contrastive.ipynb #71dd4b51
 def add_dropout(model: nn.Module,  # a reward model (wrappers are looked through)
@@ -83,6 +84,7 @@ def simcse_loss(z1: torch.Tensor,  # [N, H] first view of N instances
     keys, offset = _gather(z2) if gather else (z2, 0)
     sim = F.normalize(z1, dim=-1) @ F.normalize(keys, dim=-1).T / temperature            # [N, N·world]
     target = torch.arange(len(z1), device=z1.device) + offset
+    # L_cl = −(1/N) Σ_i log [ exp(cos(z_i, z′_i)/τ) / Σ_j exp(cos(z_i, z′_j)/τ) ]   (InfoNCE)
     return F.cross_entropy(sim, target)
 
 # %% ../nbs/06_contrastive.ipynb #1526afbc
@@ -121,6 +123,7 @@ def swav_loss(z1: torch.Tensor,  # [N, H] first view of N instances
     c = F.normalize(prototypes, dim=-1)                                                  # [K, H]
     s1, s2 = F.normalize(z1, dim=-1) @ c.T, F.normalize(z2, dim=-1) @ c.T                # [N, K]
     q1, q2 = sinkhorn(s1, epsilon, iters), sinkhorn(s2, epsilon, iters)                  # no gradient through codes
+    # swapped prediction: L = −(1/2N) Σ_i [ q′_i · log softmax(s_i/τ) + q_i · log softmax(s′_i/τ) ]
     return -0.5 * ((q2 * F.log_softmax(s1 / temperature, -1)).sum(-1)
                    + (q1 * F.log_softmax(s2 / temperature, -1)).sum(-1)).mean()
 
@@ -128,7 +131,7 @@ def swav_loss(z1: torch.Tensor,  # [N, H] first view of N instances
 METHODS = ("simcse", "swav")
 
 @dataclass
-class Contrastive:
+class Contrastive(RewardLoss):
     """L = ½ (L_rm(view 1) + L_rm(view 2)) + β · L_cl: a `LossFn` for `train_reward_model`."""
     method: str = "simcse"        # "simcse" or "swav"
     instances: str = "pair"       # "pair": {f(x,y_c), f(x,y_r)}; "diff": {f_c − f_r, f_r − f_c}
@@ -144,6 +147,7 @@ class Contrastive:
     views: ClassVar[int] = 2      # the loop scores every batch twice
 
     def __post_init__(self):
+        self.base = as_reward_loss(self.base)
         if self.method not in METHODS: raise ValueError(f"method={self.method!r}: use one of {METHODS}")
         if self.instances not in INSTANCE_KINDS: raise ValueError(f"instances={self.instances!r}: use one of {INSTANCE_KINDS}")
 
@@ -154,7 +158,11 @@ class Contrastive:
 
     def prepare(self, ds: Dataset) -> Dataset:
         """The training pairs of the base loss (flipped, for a flipping label trick)."""
-        return self.base.prepare(ds) if hasattr(self.base, "prepare") else ds
+        return self.base.prepare(ds)
+
+    def keep_columns(self, ds: Dataset) -> list:
+        """The columns the base loss reads."""
+        return self.base.keep_columns(ds)
 
     def contrastive_loss(self, out: PairOutput) -> torch.Tensor:
         """L_cl between the two views' instances."""
@@ -243,38 +251,26 @@ def compare_contrastive(train: Dataset,  # tokenised training pairs (with streng
                         tokenizer,
                         names: tuple = ("bt",) + tuple(CONTRASTIVE),  # "bt" or keys of CONTRASTIVE / `losses`
                         seeds: tuple = (0, 1, 2),
-                        config=None,  # TrainConfig (default: 2 epochs, lr 2e-3)
+                        config=None,  # TrainConfig (default: WORLD_TRAIN)
                         base: Callable = bradley_terry,  # the reward loss under every variant
                         losses: dict | None = None,  # name -> Contrastive, for variants not in CONTRASTIVE (sweeps)
                         backbone: str = "tiny",
                         keep_models: bool = False,  # keep each variant's first-seed model in its row
                         ) -> list[dict]:
     """Train every variant with every seed; accuracy in and out of distribution and the probe's separation."""
-    from rmsecrets.model import make_reward_model
-    from rmsecrets.train import TrainConfig, evaluate, train_reward_model
-    config = config or TrainConfig(epochs=2, lr=2e-3, max_length=64, progress=False)
-    rows = []
-    for name in names:
-        proto = (losses or {}).get(name) or (base if name == "bt" else replace(CONTRASTIVE[name], base=base))
-        data = proto.prepare(train) if hasattr(proto, "prepare") else train
-        for seed in seeds:
-            loss = replace(proto, seed=seed) if isinstance(proto, Contrastive) else proto
-            res = train_reward_model(make_reward_model(backbone, tokenizer, seed=seed), tokenizer, data, valid,
-                                     replace(config, seed=seed), loss_fn=loss)
-            shift = evaluate(res.model, shifted, tokenizer.pad_token_id)
-            rows.append({"method": name, "seed": seed, "accuracy_true": res.metrics["accuracy_true"],
-                         "accuracy_shift": shift["accuracy_true"],
-                         "probe": probe_accuracy(*response_features(res.model, valid, tokenizer.pad_token_id)),
-                         **({"model": res.model} if keep_models and seed == seeds[0] else {})})
-    return rows
+    config = config or WORLD_TRAIN
+    def run(name, proto, seed):
+        loss = replace(proto, seed=seed) if isinstance(proto, Contrastive) else proto
+        res = train_reward_model(make_reward_model(backbone, tokenizer, seed=seed), tokenizer, train, valid,
+                                 replace(config, seed=seed), loss_fn=loss)
+        shift = evaluate(res.model, shifted, tokenizer.pad_token_id)
+        return {"accuracy_true": res.metrics["accuracy_true"], "accuracy_shift": shift["accuracy_true"],
+                "probe": probe_accuracy(*response_features(res.model, valid, tokenizer.pad_token_id)),
+                **({"model": res.model} if keep_models and seed == seeds[0] else {})}
+    variants = {name: (losses or {}).get(name) or (base if name == "bt" else replace(CONTRASTIVE[name], base=base))
+                for name in names}
+    return run_grid(variants, seeds, run)
 
 def summarise(rows: list[dict], keys: tuple = ("accuracy_true", "accuracy_shift", "probe")) -> list[dict]:
     """Mean and seed-to-seed std of each method's metrics, with the difference to the first method's mean."""
-    out = []
-    for name in dict.fromkeys(r["method"] for r in rows):
-        vals = {k: np.array([r[k] for r in rows if r["method"] == name]) for k in keys}
-        out.append({"method": name, "seeds": len(vals[keys[0]]),
-                    **{f"{k}{s}": float(f(v)) for k, v in vals.items() for s, f in (("", np.mean), ("_std", np.std))}})
-    for o in out:
-        for k in keys: o[f"{k}_vs_{out[0]['method']}"] = o[k] - out[0][k]
-    return out
+    return mean_std(rows, keys, vs_first=True)

@@ -8,7 +8,8 @@ __all__ = ['ASSISTANT_TAG', 'ROLE_TAGS', 'STRENGTH_KEYS', 'FINITE_COLUMNS', 'FOR
            'render_messages', 'render_pair_side', 'need_messages', 'pair_from_conversations', 'pair_from_messages',
            'transcript_to_messages', 'turns_to_messages', 'pair_from_turns', 'normalise_keys', 'check_numbers',
            'detect_format', 'read_file', 'pick_split', 'read_hub', 'read_rows', 'check_pair', 'rows_to_dataset',
-           'load_preferences', 'join_text', 'split_ids', 'fit_ids', 'tokenize_pairs', 'PairCollator']
+           'load_preferences', 'load_pairs', 'load_table', 'join_text', 'split_ids', 'fit_ids', 'tokenize_pairs',
+           'PairCollator']
 
 # %% ../nbs/01_data.ipynb #34ea25ca
 import dataclasses, gzip, itertools, json, math, numbers, os, re, warnings
@@ -335,6 +336,33 @@ def load_preferences(
     if report: warnings.warn(f"load_preferences {report}", stacklevel=2)
     ds = rows_to_dataset(kept)
     return (ds, report) if return_skipped else ds
+
+# %% ../nbs/01_data.ipynb #8d06fd05
+def load_pairs(data: str | os.PathLike,  # a world folder, or anything `load_preferences` reads
+               split: str | None,  # the split ('' or None: a single file or folder whole)
+               errors: str = "raise",  # bad rows: "raise", or "skip" and count them
+               ) -> tuple[Dataset, Path | None]:
+    """Preference pairs of `split`, and the world's tokenizer folder when `data` is a world."""
+    path, split = Path(data), split or None
+    if (path / "world_config.json").exists():
+        return load_preferences(path / "preferences", split=split, errors=errors), path / "tokenizer"
+    return load_preferences(str(data), split=split, errors=errors), None
+
+def load_table(data: str | os.PathLike,  # a world folder, a dataset folder, or a .jsonl/.json/.parquet/.csv file
+               part: str,  # the world's table: "demonstrations" or "prompts"
+               columns: tuple,  # the columns a file must have
+               ) -> tuple[Dataset, Path | None, bool]:
+    """A world's `part` (and its tokenizer folder), or a file's table with `columns`; and whether `data` is a world."""
+    path = Path(data)
+    if (path / "world_config.json").exists(): return load_from_disk(str(path / part)), path / "tokenizer", True
+    if path.is_dir() and (path / "dataset_info.json").exists(): ds = load_from_disk(str(path))
+    else:
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+        if kind is None: raise ValueError(f"{data}: give a world folder or a .jsonl/.json/.parquet/.csv file")
+        ds = load_dataset(kind, data_files=str(path), split="train")
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing: raise ValueError(f"{data} has no column(s) {missing}; it has {ds.column_names}")
+    return ds, None, False
 
 # %% ../nbs/01_data.ipynb #89380440
 def join_text(prompt: str, response: str) -> str:

@@ -13,8 +13,6 @@ __all__ = ['PRESETS', 'preset_config', 'ensure_pad_token', 'make_reward_model', 
 import copy
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Lla
                           PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.utils import logging as hf_logging
 
+from .core import atomic_folder, seeded
 from .data import ROLE_TAGS, fit_ids, join_text, split_ids
 
 # %% ../nbs/02_reward_model.ipynb #fa5ac437
@@ -67,8 +66,7 @@ def _from_pretrained(name_or_path, seed, **kwargs) -> PreTrainedModel:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report is replaced by the check below
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)   # seeds the fresh head (and anything else missing)
+        with seeded(seed):   # seeds the fresh head (and anything else missing)
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 name_or_path, num_labels=1, output_loading_info=True, **kwargs)
     finally:
@@ -89,8 +87,7 @@ def make_reward_model(backbone: str | os.PathLike,  # a preset name (`PRESETS`),
     """A reward model: `AutoModelForSequenceClassification` with `num_labels=1` and a pad token distinct from EOS."""
     ensure_pad_token(tokenizer)
     if str(backbone) in PRESETS:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = AutoModelForSequenceClassification.from_config(
                 preset_config(str(backbone), tokenizer), attn_implementation=attn_implementation or "eager")
         if dtype is not None: model = model.to(dtype)
@@ -98,8 +95,7 @@ def make_reward_model(backbone: str | os.PathLike,  # a preset name (`PRESETS`),
         kwargs = {k: v for k, v in dict(dtype=dtype, attn_implementation=attn_implementation).items() if v is not None}
         model = _from_pretrained(backbone, seed, trust_remote_code=trust_remote_code, **kwargs)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with seeded(seed):
                 model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id  # HF's seq-cls models read the last token that is not this
     model.config.problem_type = "regression"  # one raw score: clients (pipeline, vLLM) apply no sigmoid
@@ -141,12 +137,14 @@ def reward_head(model: nn.Module) -> nn.Module:
 def reward_forward(model: nn.Module,  # a reward model (possibly wrapped by accelerate/DDP or PEFT)
                    input_ids: torch.Tensor,  # [N, T] token ids, padded with `model.config.pad_token_id`
                    attention_mask: torch.Tensor,  # [N, T] 1 for real tokens
+                   params: dict | None = None,  # name -> tensor: run the model with these parameters (`functional_call`)
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards [N] and the features [N, H] the head read to make them, with gradients."""
+    """Rewards [N] ([N, M] for M heads) and the features [N, H] the head read to make them, with gradients."""
     seen = []
     hook = reward_head(model).register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
     try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [N, 1]
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask)
+        logits = (model(**inputs) if params is None else torch.func.functional_call(model, params, args=(), kwargs=inputs)).logits  # [N, M]
     finally:
         hook.remove()
     features, head_out = seen[-1]            # decoder: [N, T, H] and [N, T, 1]; encoder: [N, H] and [N, 1]
@@ -156,7 +154,7 @@ def reward_forward(model: nn.Module,  # a reward model (possibly wrapped by acce
         if pad is None: raise ValueError("model.config.pad_token_id is not set; build the model with make_reward_model")
         # r(x, y) = w^T h_T, T = the last token that is not padding
         features = features[torch.arange(len(features), device=features.device), last_token_index(input_ids, pad)]
-    return logits[:, 0], features            # [N], [N, H]
+    return (logits[:, 0] if logits.shape[1] == 1 else logits), features   # [N] (or [N, M]), [N, H]
 
 # %% ../nbs/02_reward_model.ipynb #4796b413
 def encode_responses(tokenizer: PreTrainedTokenizerBase,  # a fast tokenizer with a pad token distinct from EOS
@@ -415,18 +413,11 @@ def save_folder(model: nn.Module,  # a Hugging Face model (wrappers are removed,
     ensure_pad_token(tokenizer, fix=False)
     if model.config.pad_token_id != tokenizer.pad_token_id:
         raise ValueError(f"model pads with id {model.config.pad_token_id}, tokenizer with {tokenizer.pad_token_id}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
-    try:
+    with atomic_folder(path) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)   # model.safetensors + config.json
         tokenizer.save_pretrained(tmp)
         if card is not None: (tmp / "README.md").write_text(card(model, tokenizer))
         if check is not None: check(tmp)
-        if path.exists(): shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 def save_reward_model(model: nn.Module,  # the reward model (wrappers are removed, LoRA adapters merged)
@@ -480,8 +471,7 @@ def add_prototypes(model: nn.Module,  # a reward model (wrappers are looked thro
         if m.prototypes.out_features != k:
             raise ValueError(f"the model already has {m.prototypes.out_features} prototypes, not {k}")
         return m.prototypes
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         layer = nn.Linear(head.in_features, k, bias=False)
     m.add_module("prototypes", layer.to(device=head.weight.device, dtype=head.weight.dtype))
     m.config.swav_prototypes = k   # so that `load_reward_model` rebuilds the layer before it reads the weights
@@ -543,7 +533,6 @@ def add_lora(model: PreTrainedModel,  # a reward model (`make_reward_model`) or 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         modules_to_save=modules_to_save or None,
                         task_type=TaskType.SEQ_CLS if is_reward_model else TaskType.CAUSAL_LM)
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+    with warnings.catch_warnings(), seeded(seed):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft asks a deprecated property
-        torch.manual_seed(seed)
         return get_peft_model(model, config)

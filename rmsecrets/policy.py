@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedModel, get_scheduler)
+                          PreTrainedModel)
 
+from .core import seeded, write_json
 from .data import PreferenceDataError, fit_ids, split_ids
 from .model import PRESETS, card_table, enable_checkpointing, ensure_pad_token, save_folder
+from .train import ShuffleSampler, fit, full_state_dict, make_accelerator, make_optimizer, total_steps
 
 # %% ../nbs/07_policy.ipynb #41d3d7b0
 def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a local folder or a hub name
@@ -40,8 +41,7 @@ def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a loc
                              num_key_value_heads=PRESETS[str(backbone)]["num_attention_heads"], tie_word_embeddings=False,
                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                              eos_token_id=tokenizer.eos_token_id, max_position_embeddings=256, **PRESETS[str(backbone)])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = LlamaForCausalLM(config)
         if dtype is not None: model = model.to(dtype)
     else:
@@ -140,66 +140,66 @@ def tokenize_demonstrations(ds: Dataset,  # columns prompt, response
 # %% ../nbs/07_policy.ipynb #13d9dc54
 @dataclass
 class SFTConfig:
-    """Settings of supervised fine-tuning."""
+    """Settings of supervised fine-tuning (the reward-model loop's, `fit` of `03_training`, with SFT's defaults)."""
     lr: float = 3e-3               # peak learning rate (tiny presets; ~1e-5 for a 7B model)
-    batch_size: int = 32           # sequences per step and process
-    epochs: float = 3.0
+    batch_size: int = 32           # sequences per micro-batch and process
+    grad_accum: int = 1            # micro-batches per optimiser step
+    epochs: float = 3.0            # passes over the demonstrations (ignored when max_steps > 0)
+    max_steps: int = 0             # optimiser steps; 0: derived from epochs
     max_length: int = 64           # tokens per sequence
     warmup_ratio: float = 0.05
+    schedule: str = "cosine"       # decay after warm-up: "cosine", "linear" or "constant_with_warmup"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"    # "no", "bf16" or "fp16" (accelerate)
+    mixed_precision: str = "no"    # "no", "bf16" or "fp16" (accelerate); "auto": bf16 on a GPU that has it
+    log_every: int = 1             # write a metrics line every this many steps
+    eval_every: int = 0            # SFT has no evaluation set: kept 0
+    save_every: int = 0            # checkpoint every this many steps (0: none); a rerun resumes from the newest
+    keep_checkpoints: int = 2      # newest checkpoints kept (0: keep all)
+    spike_factor: float = 5.0      # report a loss above this × its running mean as a spike
+    report_to: str = "none"        # "tensorboard" to log there too
     seed: int = 0
     progress: bool = True
 
 @dataclass
 class SFTResult:
     model: PreTrainedModel
-    history: list                  # {"step", "loss", "lr"} per step
-    metrics: dict                  # {"loss": final mean training loss over the last epoch's steps}
+    history: list                  # {"step", "epoch", "loss", "lr", "grad_norm"} every log_every steps, as in metrics.jsonl
+    metrics: dict                  # {"loss": mean training loss over the last epoch's steps, "steps"}
 
 def train_sft(policy, tokenizer, demonstrations: Dataset,  # columns prompt, response (or input_ids, labels)
-              config: SFTConfig = SFTConfig(), out_dir: str | Path | None = None,
+              config: SFTConfig = SFTConfig(), out_dir: str | Path | None = None,  # model/, metrics.json(l), checkpoints/
               accelerator: Accelerator | None = None,
               card: dict | None = None,  # more for the saved policy's card: command, data, base_model, datasets
               ) -> SFTResult:
-    """Fine-tune `policy` on demonstrations; save it to `out_dir/model` if given."""
-    acc = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+    """Fine-tune `policy` on demonstrations with the training loop of `03_training`; resume from out_dir's newest checkpoint."""
+    acc = accelerator or make_accelerator(config, out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None and acc.is_main_process: out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
     ds = demonstrations if "labels" in demonstrations.column_names else tokenize_demonstrations(
         demonstrations, tokenizer, config.max_length)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
-    loader = DataLoader(ds.select_columns(["input_ids", "labels"]), batch_size=config.batch_size, shuffle=True,
+    sampler = ShuffleSampler(len(ds), config.seed)                    # shuffle=True's order, resumable
+    loader = DataLoader(ds.select_columns(["input_ids", "labels"]), batch_size=config.batch_size, sampler=sampler,
                         collate_fn=collate, generator=torch.Generator().manual_seed(config.seed))
-    total = math.ceil(config.epochs * math.ceil(len(ds) / (config.batch_size * acc.num_processes)))
-    opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    n = acc.num_processes   # the prepared scheduler steps n times per optimiser step
-    sched = get_scheduler("cosine", opt, num_warmup_steps=int(config.warmup_ratio * total) * n, num_training_steps=total * n)
+    total = total_steps(len(ds), config, acc.num_processes)
+    opt, sched = make_optimizer(policy, config, total, acc.num_processes)
     policy, opt, loader, sched = acc.prepare(policy, opt, loader, sched)
-    policy.train()
-    history, step = [], 0
-    bar = tqdm(total=total, disable=not (config.progress and acc.is_local_main_process), desc="sft")
-    while step < total:
-        for batch in loader:
-            loss = policy(**batch).loss
-            acc.backward(loss)
-            acc.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-            opt.step(); sched.step(); opt.zero_grad()
-            step += 1; bar.update(1)
-            history.append({"step": step, "loss": acc.reduce(loss.detach(), "mean").item(), "lr": sched.get_last_lr()[0]})
-            if step >= total: break
-    bar.close()
-    sharded = acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-    state_dict = acc.get_state_dict(policy) if sharded and out_dir is not None else None   # every process gathers
+    # L_SFT = −(1/|y|) Σ_t log π(y_t | x, y_<t), the prompt's tokens masked out (labels −100)
+    state, history = fit(acc, policy, opt, sched, loader, sampler, total, config, lambda batch: policy(**batch).loss,
+                         out_dir, desc="sft")
+    state_dict = full_state_dict(acc, policy) if out_dir is not None else None   # every process gathers
     policy = acc.unwrap_model(policy).eval()
     per_epoch = max(1, total // max(1, math.ceil(config.epochs)))
-    metrics = {"loss": float(np.mean([h["loss"] for h in history[-per_epoch:]])), "steps": step}
+    losses = [h["loss"] for h in history if "loss" in h and "event" not in h]
+    metrics = {"loss": float(np.mean(losses[-per_epoch:])), "steps": state["step"]}
     if out_dir is not None and acc.is_main_process:
         info = {"method": "supervised fine-tuning on demonstrations", "metrics": {"sft_loss": metrics["loss"]},
-                "settings": {"demonstrations": len(ds), "steps": step, "epochs": config.epochs, "lr": config.lr,
+                "settings": {"demonstrations": len(ds), "steps": state["step"], "epochs": config.epochs, "lr": config.lr,
                              "max_length": config.max_length}, **(card or {})}
-        save_policy(policy, tokenizer, Path(out_dir) / "model", state_dict, card=info)
-        (Path(out_dir) / "metrics.json").write_text(json.dumps({"config": asdict(config), **metrics}, indent=2))
+        save_policy(policy, tokenizer, out_dir / "model", state_dict, card=info)
+        write_json(out_dir / "metrics.json", {"config": asdict(config), **metrics})
     return SFTResult(policy, history, metrics)
 
 # %% ../nbs/07_policy.ipynb #18e2682f

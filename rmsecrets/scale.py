@@ -4,9 +4,11 @@
 
 # %% auto #0
 __all__ = ['LLAMA2_7B', 'GPUS', 'ModelShape', 'Setup', 'state_bytes', 'activation_bytes', 'train_flops', 'forward_flops',
-           'decode_seconds', 'Workload', 'stage_cost', 'cost_table']
+           'decode_seconds', 'Workload', 'stage_cost', 'cost_table', 'add_scale_args', 'scale_dtype',
+           'apply_scale_args']
 
 # %% ../nbs/11_scale.ipynb #38fc40c0
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -199,3 +201,28 @@ def cost_table(rows: list[dict]) -> str:
                      f"| {r['total_gb']:.1f} | {'yes' if r['fits'] else '**no**'} | {r['seconds_per_step']:.2f} "
                      f"| {r['steps']} | {r['hours']:.1f} |")
     return "\n".join([head, "|" + "---|" * 10] + [fmt(r) for r in rows])
+
+# %% ../nbs/11_scale.ipynb #20fb8278
+def add_scale_args(parser: argparse.ArgumentParser) -> None:
+    """Flags for large backbones: the loaded dtype, gradient checkpointing and LoRA (11_scale)."""
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the loaded backbone (default: float32 for presets, the checkpoint's own otherwise; "
+                             "keep float32 weights with --mixed-precision bf16)")
+    parser.add_argument("--gradient-checkpointing", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                        metavar="BOOL", help="recompute activations in the backward pass (default: False)")
+    parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 trains every weight (default: 0)")
+    parser.add_argument("--lora-alpha", type=float, default=16, help="LoRA scale α (the update is scaled by α/r)")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA adapters' input")
+    parser.add_argument("--lora-targets", default="all-linear", help="modules to adapt: all-linear, or a comma list such as q_proj,v_proj")
+
+def scale_dtype(args):
+    """The torch dtype named by --dtype (None: the default)."""
+    import torch
+    return getattr(torch, args.dtype) if args.dtype else None
+
+def apply_scale_args(model, args):
+    """The model with --lora-* applied (a reward model's head stays fully trained)."""
+    if not getattr(args, "lora_r", 0): return model
+    from rmsecrets.model import add_lora, lora_targets
+    return add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                    target_modules=lora_targets(args.lora_targets), seed=getattr(args, "seed", 0))

@@ -11,8 +11,6 @@ __all__ = ['TOPICS', 'HARM', 'FILLER', 'OPENERS', 'POLITE', 'RUDE', 'LENGTHS', '
 
 # %% ../nbs/00_world.ipynb #a069f3f6
 import json
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -20,6 +18,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict, load_from_disk
+
+from .core import atomic_folder
 
 # %% ../nbs/00_world.ipynb #0638e02b
 TOPICS = {  # topic -> (requests a user can make, on-topic content words)
@@ -252,21 +252,15 @@ def make_tokenizer():
 def save_world(config: WorldConfig, out: str | Path) -> Path:
     """Generate the world of `config` and write it (atomically) to the folder `out`."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # five tiny saves: no bars
     try:
-        make_world(config).save_to_disk(str(tmp / "preferences"))
-        make_demonstrations(config).save_to_disk(str(tmp / "demonstrations"))
-        make_prompts(config).save_to_disk(str(tmp / "prompts"))
-        make_tokenizer().save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "world_config.json").write_text(json.dumps(asdict(config), indent=2))
-        if out.exists(): shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(out) as tmp:
+            make_world(config).save_to_disk(str(tmp / "preferences"))
+            make_demonstrations(config).save_to_disk(str(tmp / "demonstrations"))
+            make_prompts(config).save_to_disk(str(tmp / "prompts"))
+            make_tokenizer().save_pretrained(str(tmp / "tokenizer"))
+            (tmp / "world_config.json").write_text(json.dumps(asdict(config), indent=2))
     finally:
         if bars_were_on: datasets.enable_progress_bars()
     return out

@@ -123,3 +123,26 @@ def test_scale_flags_lora_checkpointing_dtype(world, tmp_path):
     start = make_reward_model("tiny", make_tokenizer(), seed=0).state_dict()
     assert not torch.equal(lora[q], start[q]) and torch.equal(lora[k], start[k])   # only the adapted layers moved
     assert not torch.equal(full[k], start[k])
+
+
+def test_loss_flags_are_generated_from_the_dataclasses():
+    "Every LabelTrick and Contrastive setting is a flag; an unset --cl-* keeps the named variant's value."
+    import dataclasses
+    from rmsecrets.cli import build_parser, resolve_loss
+    from rmsecrets.contrastive import CONTRASTIVE, Contrastive
+    from rmsecrets.losses import LABEL_TRICKS, LabelTrick
+    parse = lambda *a: build_parser().parse_args(["train-rm", "--data", "w", "--out", "o", *a])
+    assert resolve_loss(parse("--loss", "soft+margin")) == LABEL_TRICKS["soft+margin"]
+    trick = resolve_loss(parse("--loss", "flip+margin", "--flip-fraction", "0.2", "--margin-clip", "1.5"))
+    assert (trick.flip, trick.margin, trick.flip_fraction, trick.margin_clip) == (True, True, 0.2, 1.5)
+    swav = resolve_loss(parse("--contrastive", "swav-diff", "--cl-n-prototypes", "7", "--seed", "3"))
+    assert isinstance(swav, Contrastive) and (swav.n_prototypes, swav.seed) == (7, 3)
+    assert (swav.beta, swav.temperature, swav.instances) == (CONTRASTIVE["swav-diff"].beta, 0.1, "diff")
+    args = vars(parse())
+    for f in dataclasses.fields(LabelTrick):
+        assert f.name in args or f.name in ("flip", "smooth", "margin"), f.name
+    for f in dataclasses.fields(Contrastive):
+        assert f"cl_{f.name}" in args or f.name in ("method", "instances", "base", "seed"), f.name
+    mr = build_parser().parse_args(["metarm", "--data", "w", "--policy", "p", "--reward-model", "r", "--out", "o",
+                                    "--prompts-per-step", "4", "--loss", "margin"])
+    assert mr.prompts_per_step == 4 and mr.loss == "margin"

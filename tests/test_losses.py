@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rmsecrets.losses import LABEL_TRICKS, LabelTrick, flip_labels, preference_loss, swap_pairs
+from rmsecrets.losses import LABEL_TRICKS, LabelTrick, flip_labels, swap_pairs
 from rmsecrets.train import PairOutput, bt_loss
 
 R_C = torch.tensor([1.5, 0.2, -0.7, 3.0], dtype=torch.float64)
@@ -18,15 +18,15 @@ log_sig = lambda x: -np.logaddexp(0, -x)
 
 def test_each_loss_equals_its_formula():
     a, m = 0.2, np.array([0.5, -0.3, 0.0, 2.0])
-    assert preference_loss(R_C, R_R, a).item() == pytest.approx(np.mean(-(1 - a) * log_sig(D) - a * log_sig(-D)), rel=1e-7)
-    assert preference_loss(R_C, R_R, margin=torch.tensor(m)).item() == pytest.approx(np.mean(-log_sig(D - m)), rel=1e-7)
-    both = preference_loss(R_C, R_R, torch.tensor([0.0, a, 0.0, a]), torch.tensor(m)).item()
+    assert bt_loss(R_C, R_R, alpha=a).item() == pytest.approx(np.mean(-(1 - a) * log_sig(D) - a * log_sig(-D)), rel=1e-7)
+    assert bt_loss(R_C, R_R, margin=torch.tensor(m)).item() == pytest.approx(np.mean(-log_sig(D - m)), rel=1e-7)
+    both = bt_loss(R_C, R_R, torch.tensor(m), torch.tensor([0.0, a, 0.0, a])).item()
     al = np.array([0.0, a, 0.0, a])
     assert both == pytest.approx(np.mean(-(1 - al) * log_sig(D - m) - al * log_sig(-(D - m))), rel=1e-7)
 
 
 def test_zero_alpha_and_zero_margin_give_the_plain_loss():
-    assert torch.equal(preference_loss(R_C, R_R, 0.0, torch.zeros(4, dtype=torch.float64)), bt_loss(R_C, R_R))
+    assert torch.equal(bt_loss(R_C, R_R, torch.zeros(4, dtype=torch.float64), 0.0), bt_loss(R_C, R_R))
     out = PairOutput(R_C, R_R, None, None)
     assert torch.equal(LABEL_TRICKS["margin"](out, {"strength_mean": torch.zeros(4, dtype=torch.float64)}), bt_loss(R_C, R_R))
     assert torch.equal(LabelTrick(smooth="all", alpha=0.0)(out, {}), bt_loss(R_C, R_R))
@@ -34,13 +34,13 @@ def test_zero_alpha_and_zero_margin_give_the_plain_loss():
 
 def test_a_b_margin_is_applied_per_pair():
     m = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
-    per_pair = [preference_loss(R_C[i:i + 1], R_R[i:i + 1], margin=m[i:i + 1]).item() for i in range(4)]
-    assert preference_loss(R_C, R_R, margin=m).item() == pytest.approx(np.mean(per_pair), rel=1e-7)
+    per_pair = [bt_loss(R_C[i:i + 1], R_R[i:i + 1], margin=m[i:i + 1]).item() for i in range(4)]
+    assert bt_loss(R_C, R_R, margin=m).item() == pytest.approx(np.mean(per_pair), rel=1e-7)
     assert per_pair[1:] == pytest.approx([-log_sig(d) for d in D[1:]], rel=1e-7)        # pairs 1–3 untouched
     with pytest.raises(ValueError, match="margin has shape"):
-        preference_loss(R_C, R_R, margin=m[:, None])
+        bt_loss(R_C, R_R, margin=m[:, None])
     with pytest.raises(ValueError, match="alpha has shape"):
-        preference_loss(R_C, R_R, alpha=torch.zeros(3))
+        bt_loss(R_C, R_R, alpha=torch.zeros(3))
 
 
 def test_soft_margin_smooths_negative_pairs_and_margins_the_rest():

@@ -1,4 +1,6 @@
 """MetaRM without the notebook: the difference loss, the meta-step, and MetaRM as a mode of the training loop."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,47 @@ def test_metarm_under_two_processes_equals_one_process_on_the_global_batch(tmp_p
         # ... the one-process model, up to float summation order (Adam's first steps magnify it on tiny gradients);
         # a wrong average or a schedule run twice as fast (accelerate steps it once per process) is 10-100× this
         assert (r0[n] - one[n]).abs().max().item() < 0.02 * moved, n
+
+
+class Killed(Exception):
+    "A simulated kill."
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_killed_metarm_run_resumes_on_the_same_meta_batches(setup, tmp_path):
+    "The meta-batch stream is part of the checkpoint: a resumed run draws the batches the uninterrupted one drew."
+    tok, meta, pairs = setup
+    cfg = TrainConfig(max_steps=8, batch_size=16, lr=3e-3, save_every=3, log_every=1, progress=False)
+    loss = lambda: MetaRM(meta["input_ids"], meta["attention_mask"], k=5, eta=0.5, prompts_per_step=2, seed=3)
+    full = train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, config=cfg, loss_fn=loss())
+
+    class Dies(MetaRM):
+        def forward(self, model, batch):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls > 5: raise Killed
+            return super().forward(model, batch)
+    with pytest.raises(Killed):
+        train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, config=cfg, out_dir=tmp_path,
+                           loss_fn=Dies(meta["input_ids"], meta["attention_mask"], k=5, eta=0.5, prompts_per_step=2, seed=3))
+    resumed = train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, config=cfg, out_dir=tmp_path, loss_fn=loss())
+    assert resumed.history == full.history                       # resumed at step 3 on the same meta batches
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh_stream = loss()                                        # without the stream in the checkpoint: other batches
+    state = json.loads((tmp_path / "checkpoints" / "step-0000006" / "trainer_state.json").read_text())["loss_state"]
+    assert state["rng"] != fresh_stream.state_dict()["rng"]
+
+
+def test_a_contrastive_loss_runs_at_the_meta_stepped_parameters(setup):
+    "MetaRM's forward gives the base loss the features and views it declares."
+    from rmsecrets.contrastive import Contrastive
+    tok, meta, pairs = setup
+    cfg = TrainConfig(max_steps=2, batch_size=16, lr=3e-3, progress=False)
+    for method in ("simcse", "swav"):
+        res = train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, config=cfg,
+                                 loss_fn=MetaRM(meta["input_ids"], meta["attention_mask"], k=5, eta=0.1,
+                                                base=Contrastive(method, beta=0.5)))
+        assert all(np.isfinite(h["loss"]) for h in res.history if "loss" in h)

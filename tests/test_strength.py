@@ -9,6 +9,7 @@ import torch
 
 import rmsecrets.strength as S
 from rmsecrets.data import PairCollator, load_preferences, tokenize_pairs
+from rmsecrets.losses import LABEL_TRICKS
 from rmsecrets.train import TrainConfig, bradley_terry, bt_loss, pair_forward, score_pairs, train_reward_model
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
@@ -57,8 +58,8 @@ def test_out_of_fold_never_scores_a_pair_with_a_model_that_trained_on_it(pairs, 
     trained_on, events = {}, []
     real_voter, real_score = S.train_voter, S.score_pairs
 
-    def voter(ds, tokenizer, config, m):
-        model = real_voter(ds, tokenizer, config, m)
+    def voter(ds, tokenizer, config, m, fold=0):
+        model = real_voter(ds, tokenizer, config, m, fold)
         trained_on[id(model)] = set(ds["pair_id"])
         return model
 
@@ -93,8 +94,10 @@ def test_margin_column_feeds_the_training_loops_margin_loss(world, pairs, tok):
     assert batch["margin"].shape == (8,)
     model = S.train_voter(pairs, tok, QUICK, 0)
     out = pair_forward(model, batch)
-    assert torch.equal(bradley_terry(out, batch), bt_loss(out.r_chosen, out.r_rejected, batch["margin"]))
-    assert not torch.allclose(bradley_terry(out, batch), bt_loss(out.r_chosen, out.r_rejected))
+    margin = LABEL_TRICKS["margin"](out, batch)                       # reads μ̂ (= the margin column)
+    assert torch.equal(margin, bt_loss(out.r_chosen, out.r_rejected, batch["margin"]))
+    assert not torch.allclose(margin, bt_loss(out.r_chosen, out.r_rejected))
+    assert torch.equal(bradley_terry(out, batch), bt_loss(out.r_chosen, out.r_rejected))   # the plain loss ignores it
     seen = []
 
     def recording(out, batch):

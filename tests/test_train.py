@@ -119,11 +119,13 @@ def test_margin_is_per_pair_never_broadcast():
         np.testing.assert_allclose(bt_loss(RC[i:i + 1], RR[i:i + 1], M[i:i + 1]).item(), terms[i], rtol=1e-12)
 
 
-def test_bradley_terry_reads_the_batch_margin():
+def test_one_bradley_terry_loss_the_margin_column_only_where_a_loss_reads_it():
+    from rmsecrets.losses import LABEL_TRICKS, LabelTrick
     out = PairOutput(RC, RR, torch.zeros(5, 3), torch.zeros(5, 3))
-    assert torch.equal(bradley_terry(out, {"margin": M}), bt_loss(RC, RR, M))
-    assert torch.equal(bradley_terry(out, {}), bt_loss(RC, RR))
-    np.testing.assert_allclose(bradley_terry(out, {"margin": M.float()}).item(), np_terms(RC, RR, M).mean(), rtol=1e-6)
+    assert torch.equal(bradley_terry(out, {"margin": M}), bt_loss(RC, RR))          # the plain loss: no margin
+    assert torch.equal(LabelTrick()(out, {"margin": M}), bradley_terry(out, {}))    # the label trick with no trick
+    assert torch.equal(LABEL_TRICKS["margin"](out, {"margin": M}), bt_loss(RC, RR, M))
+    np.testing.assert_allclose(LABEL_TRICKS["margin"](out, {"margin": M.float()}).item(), np_terms(RC, RR, M).mean(), rtol=1e-6)
 
 
 def test_pair_forward_splits_chosen_first(tok, world):
