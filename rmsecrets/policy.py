@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM,
@@ -25,7 +24,7 @@ from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, LlamaCon
 from .core import seeded, write_json
 from .data import PreferenceDataError, fit_ids, split_ids
 from .model import PRESETS, card_table, enable_checkpointing, ensure_pad_token, save_folder
-from .train import ShuffleSampler, fit, full_state_dict, make_accelerator, make_optimizer, total_steps
+from .train import ShuffleSampler, fit, full_state_dict, make_optimizer, start_run, total_steps
 
 # %% ../nbs/07_policy.ipynb #41d3d7b0
 def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a local folder or a hub name
@@ -173,10 +172,7 @@ def train_sft(policy, tokenizer, demonstrations: Dataset,  # columns prompt, res
               card: dict | None = None,  # more for the saved policy's card: command, data, base_model, datasets
               ) -> SFTResult:
     """Fine-tune `policy` on demonstrations with the training loop of `03_training`; resume from out_dir's newest checkpoint."""
-    acc = accelerator or make_accelerator(config, out_dir)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and acc.is_main_process: out_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(config.seed)
+    acc, out_dir = start_run(config, out_dir, accelerator)
     ds = demonstrations if "labels" in demonstrations.column_names else tokenize_demonstrations(
         demonstrations, tokenizer, config.max_length)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")

@@ -7,7 +7,7 @@ __all__ = ['LossFn', 'bradley_terry', 'WORLD_TRAIN', 'PairOutput', 'pair_forward
            'FunctionLoss', 'as_reward_loss', 'expected_calibration_error', 'pair_metrics', 'score_pairs', 'evaluate',
            'TrainConfig', 'EpochSampler', 'ShuffleSampler', 'pair_lengths', 'LengthGroupedSampler', 'disable_dropout',
            'save_checkpoint', 'latest_checkpoint', 'reward_statistics', 'card_info', 'NonFiniteLossError',
-           'TrainResult', 'make_accelerator', 'total_steps', 'make_optimizer', 'fit', 'full_state_dict',
+           'TrainResult', 'make_accelerator', 'start_run', 'total_steps', 'make_optimizer', 'fit', 'full_state_dict',
            'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
 
 # %% ../nbs/03_training.ipynb #a11e90f6
@@ -161,7 +161,7 @@ def pair_metrics(r_chosen: np.ndarray,  # [N] rewards of the chosen responses
     """Loss, accuracy, mean reward gap and calibration of scored pairs, against labels and truth."""
     gap = np.asarray(r_chosen, np.float64) - np.asarray(r_rejected, np.float64)   # [N]
     p = 1 / (1 + np.exp(-gap))
-    m = {"loss": float(np.mean(np.logaddexp(0, -gap))),                            # −log σ(gap)
+    m = {"loss": float(bt_loss(torch.from_numpy(gap), torch.zeros_like(torch.from_numpy(gap)))),   # the training loss, in float64
          "accuracy": float(np.mean(gap > 0)), "reward_gap": float(gap.mean()),
          "ece": expected_calibration_error(p, np.ones_like(gap)), "n": int(len(gap))}
     if label_is_wrong is not None:
@@ -381,6 +381,14 @@ def make_accelerator(config, out_dir: str | Path | None = None) -> Accelerator:
                        log_with=None if config.report_to == "none" else config.report_to,
                        project_dir=str(out_dir) if out_dir else None)
 
+def start_run(config, out_dir: str | Path | None = None, accelerator: Accelerator | None = None) -> tuple:
+    """A run's set-up: its Accelerator (from `config` unless one is given), its `out_dir` (created), every generator seeded."""
+    acc = accelerator or make_accelerator(config, out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None and acc.is_main_process: out_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)                     # random, numpy, torch and CUDA: dropout and anything else the run draws
+    return acc, out_dir
+
 def total_steps(n_rows: int, config, num_processes: int) -> int:
     """Optimiser steps of a run over `n_rows` rows: `max_steps`, or `epochs` passes."""
     batches_per_epoch = math.ceil(n_rows / (config.batch_size * num_processes))
@@ -496,10 +504,7 @@ def train_reward_model(
     Raw pairs are tokenised with `tokenize_pairs(errors="raise")`; for real data with over-long responses,
     tokenise first with `errors="skip"` to drop (and count) them."""
     loss = as_reward_loss(loss_fn)
-    acc = accelerator or make_accelerator(config, out_dir)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and acc.is_main_process: out_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(config.seed)
+    acc, out_dir = start_run(config, out_dir, accelerator)
     if "chosen_input_ids" not in train_ds.column_names: train_ds = tokenize_pairs(train_ds, tokenizer, config.max_length)
     if eval_ds is not None and "chosen_input_ids" not in eval_ds.column_names:
         eval_ds = tokenize_pairs(eval_ds, tokenizer, config.max_length)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
@@ -23,8 +22,8 @@ from torch.utils.data import DataLoader
 from .core import child_seed, seeded
 from .data import PairCollator
 from .model import head_name, make_reward_model, reward_head
-from .strength import (StrengthConfig, Votes, annotate, spearman, strength_stats, strength_summary,
-                                train_voter, vote, vote_by_fold)
+from .strength import (StrengthConfig, Votes, annotate, spearman, strength_stats, strength_summary, train_voter,
+                                vote, vote_by_fold)
 from .train import BradleyTerry, TrainConfig, bt_loss, pair_forward, score_pairs, train_reward_model
 
 # %% ../nbs/04b_cheap_voters.ipynb #24f4b290
@@ -180,8 +179,7 @@ def fit_heads(f_chosen: torch.Tensor,  # [N, H] features of the chosen responses
         with torch.enable_grad():                                              # also when called under no_grad
             for _ in range(epochs):
                 for idx in torch.randperm(n, generator=g).split(batch_size):
-                    # L = −log σ(r_m(f^c) − r_m(f^r))
-                    loss = -F.logsigmoid(head(x_c[idx])[:, 0] - head(x_r[idx])[:, 0]).mean()
+                    loss = bt_loss(head(x_c[idx])[:, 0], head(x_r[idx])[:, 0])   # L = −log σ(r_m(f^c) − r_m(f^r))
                     opt.zero_grad(); loss.backward(); opt.step()
         heads.append(head.requires_grad_(False).eval())
     return FeatureHeads(heads, mean, std)
