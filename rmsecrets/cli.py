@@ -432,7 +432,10 @@ def run(argv: list[str] | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `rmsecrets` command (exit status 0 on success)."""
-    run(argv)
+    try: run(argv)
+    finally:   # under accelerate launch: close the process group, so no process exits while its threads still run
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     return 0
 
 if __name__ == "__main__" and "get_ipython" not in globals():  # `python -m rmsecrets.cli`, not inside a notebook
