@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
-from .core import mean_std, run_grid, seeded
+from .core import mean_std, run_grid, seeded, write_json
 from .model import add_lora, lora_targets, merge_lora, reward_head
 from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy
 
@@ -344,8 +344,8 @@ def ppo(policy,  # the SFT policy (trained in place)
                                                              "reward_clip", "lora_r", "seed")}, **(card or {})}
         save_policy(policy, tokenizer, out_dir / "policy", card=info,
                     sampling=dict(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens))
-        (out_dir / "metrics.json").write_text(json.dumps({"config": asdict(config), "first": evals[0], "last": evals[-1],
-                                                          "num_processes": acc.num_processes}, indent=2))
+        write_json(out_dir / "metrics.json", {"config": asdict(config), "first": evals[0], "last": evals[-1],
+                                              "num_processes": acc.num_processes})
     return PPOResult(policy, critic, history, evals)
 
 def _select(s: Samples, idx: torch.Tensor) -> Samples:
