@@ -30,18 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rmsecrets.data import PairCollator, load_preferences, tokenize_pairs
 from rmsecrets.model import make_reward_model
-from rmsecrets.scale import ModelShape, train_flops
+from rmsecrets.scale import ModelShape, matmul_peak, train_flops
 from rmsecrets.train import bt_loss, disable_dropout, pair_forward
 from rmsecrets.voters import minilm_folder
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
-
-def matmul_peak(n: int, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` n×n fp32 products (after one untimed)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best
-
 
 def _timed(fn) -> float:
     t = time.perf_counter()

@@ -1,7 +1,7 @@
 """Reward-model training throughput: rmsecrets' `train_reward_model` against TRL's `RewardTrainer` on the same model, data and settings.
 
     OMP_NUM_THREADS=1 python benchmarks/rm_throughput.py [--settings world hh] [--presets tiny small] [--repeats 3]
-        [--world-pairs 960] [--hh-pairs 32] [--hh-max-length 256] [--hh-batch-size 8] [--trl-bf16] [--quick]
+        [--world-pairs 960] [--hh-pairs 32] [--hh-max-length 256] [--hh-batch-size 8] [--trl-bf16] [--rows all|matched] [--quick]
 
 Each row trains a copy of the same model on the same tokenised pairs for one epoch and times every step of it (a
 forward hook stamps the start of each step's forward; the window runs from the first step's forward to the next
@@ -26,11 +26,20 @@ Rows:
 - TRL, defaults (bf16) (`--trl-bf16`): the defaults as they are (bf16 autocast). This CPU has no bf16 matrix units, so
   this row is very slow; it runs only on the world setting.
 
+The allocator (`rmsecrets.core.tune_allocator`): rmsecrets' training loop keeps large blocks in glibc's heap (mmap
+and trim thresholds 1 GiB); TRL leaves glibc's own settings. The setting is process-wide, so each row sets it before
+its warm-up: "rmsecrets" runs as it ships (tuned), "rmsecrets, glibc allocator" with `RMSECRETS_MALLOC=default`;
+"TRL, matched" as TRL ships (glibc's settings) and "TRL, matched, tuned allocator" with rmsecrets' setting, so the
+table shows both what a user gets and how much of it is the allocator. `--rows matched` runs these four rows only.
+glibc's heap carries over from row to row within one process (a row after a glibc-settings row starts with a heap
+already trimmed), so `--fresh-processes` runs each of the four rows, each repeat, in a new process instead.
+
 `use_cpu=True` is needed in every TRL row here (TRL's default bf16 refuses a machine without a GPU otherwise).
 Every comparison is measured side by side in this run, on this machine; nothing is asserted.
 """
 import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -46,6 +55,7 @@ from accelerate.state import AcceleratorState
 from datasets import Dataset
 from torch.utils.data import SequentialSampler
 
+from rmsecrets.core import tune_allocator
 from rmsecrets.data import PairCollator, load_preferences, tokenize_pairs
 from rmsecrets.model import make_reward_model
 from rmsecrets.train import EpochSampler, TrainConfig, pair_forward, pair_lengths, train_reward_model
@@ -150,22 +160,38 @@ def run_trl(model, tok, ds, order, batch_size, lr, mode):
 TRL_ROWS = {"matched": "TRL, matched", "defaults-fp32": "TRL, defaults (fp32)", "defaults-bf16": "TRL, defaults (bf16)"}
 
 
-def compare(name, model, tok, ds, batch_size, lr, repeats, trl_modes):
+def set_allocator(setting: str) -> None:
+    """glibc's thresholds for the next row: "tuned" (rmsecrets' default) or "default" (glibc's own, as TRL runs)."""
+    os.environ["RMSECRETS_MALLOC"] = setting
+    tune_allocator()
+
+
+def compare(name, model, tok, ds, batch_size, lr, repeats, trl_modes, all_rows=True):
     """Every row `repeats` times, interleaved; medians and ratios."""
     order = list(EpochSampler(len(ds), TrainConfig().seed))                                # rmsecrets' epoch-0 order
-    rows = {"rmsecrets": lambda: run_rmsecrets(model, tok, ds, batch_size, lr, False),
-            "rmsecrets, group_by_length": lambda: run_rmsecrets(model, tok, ds, batch_size, lr, True)}
-    if has_dropout(model):
-        rows["rmsecrets, disable_dropout"] = lambda: run_rmsecrets(model, tok, ds, batch_size, lr, False, True)
-        rows["rmsecrets, both"] = lambda: run_rmsecrets(model, tok, ds, batch_size, lr, True, True)
-    for mode in trl_modes:
-        rows[TRL_ROWS[mode]] = lambda mode=mode: run_trl(model, tok, ds, order, batch_size, lr, mode)
+    rows = {"rmsecrets": ("tuned", lambda: run_rmsecrets(model, tok, ds, batch_size, lr, False)),
+            "rmsecrets, glibc allocator": ("default", lambda: run_rmsecrets(model, tok, ds, batch_size, lr, False))}
+    if all_rows:
+        rows["rmsecrets, group_by_length"] = ("tuned", lambda: run_rmsecrets(model, tok, ds, batch_size, lr, True))
+        if has_dropout(model):
+            rows["rmsecrets, disable_dropout"] = ("tuned", lambda: run_rmsecrets(model, tok, ds, batch_size, lr, False, True))
+            rows["rmsecrets, both"] = ("tuned", lambda: run_rmsecrets(model, tok, ds, batch_size, lr, True, True))
+    for mode in trl_modes if all_rows else ["matched"]:
+        rows[TRL_ROWS[mode]] = ("default", lambda mode=mode: run_trl(model, tok, ds, order, batch_size, lr, mode))
+    rows["TRL, matched, tuned allocator"] = ("tuned", lambda: run_trl(model, tok, ds, order, batch_size, lr, "matched"))
     got = {k: [] for k in rows}
     for r in range(repeats):                       # A B C ..., then ... C B A: no row always runs first or last
-        for k, fn in (list(rows.items()) if r % 2 == 0 else list(rows.items())[::-1]):
+        for k, (setting, fn) in (list(rows.items()) if r % 2 == 0 else list(rows.items())[::-1]):
             AcceleratorState._reset_state(reset_partial_state=True)
+            set_allocator(setting)
             warm_up(model, ds, batch_size)
             got[k].append(fn())
+    set_allocator("tuned")
+    return summarise(name, got)
+
+
+def summarise(name: str, got: dict) -> list:
+    """Medians over the repeats of every row, and its rate against TRL matched (ratio of medians, and paired)."""
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in got.items()}
     ref = med.get("TRL, matched", med["rmsecrets"])
     ref_runs = got.get("TRL, matched", got["rmsecrets"])
@@ -178,6 +204,40 @@ def compare(name, model, tok, ds, batch_size, lr, repeats, trl_modes):
                     "÷ TRL matched, paired": statistics.median(a["pairs/s"] / b["pairs/s"] for a, b in zip(got[k], ref_runs)),
                     "rmsecrets ÷ this": med["rmsecrets"]["pairs/s"] / m["pairs/s"]})
     return out
+
+
+FRESH_ROWS = {"rmsecrets": ("tuned", "rmsecrets"), "rmsecrets, glibc allocator": ("default", "rmsecrets"),
+              "TRL, matched": ("default", "trl"), "TRL, matched, tuned allocator": ("tuned", "trl")}
+
+
+def one_row(args) -> dict:
+    """The --one-row child: the allocator set before anything is allocated, then one timed epoch of one trainer."""
+    from transformers import AutoTokenizer
+    setting, trainer = FRESH_ROWS[args.one_row]
+    set_allocator(setting)
+    folder = minilm_folder()
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    ds = tokenize_pairs(load_preferences(HH, errors="skip"), tok, args.hh_max_length, append_eos=False, errors="skip")
+    sub = ds.select(np.random.default_rng(0).choice(len(ds), args.hh_pairs, replace=False))
+    model = make_reward_model(folder, tok, seed=0)
+    warm_up(model, sub, args.hh_batch_size)
+    if trainer == "rmsecrets": return run_rmsecrets(model, tok, sub, args.hh_batch_size, 5e-5, False)
+    return run_trl(model, tok, sub, list(EpochSampler(len(sub), TrainConfig().seed)), args.hh_batch_size, 5e-5, "matched")
+
+
+def fresh_processes(args) -> list:
+    """Every row of FRESH_ROWS in its own process, `hh_repeats` times, interleaved: no heap state carries over."""
+    import json
+    import subprocess
+    import sys
+    got = {k: [] for k in FRESH_ROWS}
+    for r in range(args.hh_repeats):
+        for k in (list(FRESH_ROWS) if r % 2 == 0 else list(FRESH_ROWS)[::-1]):
+            run = subprocess.run([sys.executable, __file__, "--one-row", k, "--hh-max-length", str(args.hh_max_length),
+                                  "--hh-pairs", str(args.hh_pairs), "--hh-batch-size", str(args.hh_batch_size)],
+                                 capture_output=True, text=True, check=True)
+            got[k].append(json.loads(run.stdout.strip().splitlines()[-1]))
+    return summarise(f"hh-rlhf, all-MiniLM-L6-v2, {args.hh_max_length} tokens, a fresh process per row", got)
 
 
 def same_curve(model, tok, ds, batch_size, lr, steps=6) -> str:
@@ -229,8 +289,18 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of every row (world)")
     ap.add_argument("--hh-repeats", type=int, default=2, help="interleaved repetitions of every row (hh-rlhf)")
     ap.add_argument("--trl-bf16", action="store_true", help="add TRL's unmodified defaults (bf16 autocast) on the world")
+    ap.add_argument("--rows", default="all", choices=["all", "matched"],
+                    help="matched: rmsecrets and TRL matched only, each with both allocator settings")
+    ap.add_argument("--fresh-processes", action="store_true",
+                    help="hh-rlhf only: rmsecrets and TRL matched, each with both allocator settings, every run in its own process")
+    ap.add_argument("--one-row", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="a smoke run: few pairs, one repeat, tiny preset only")
     args = ap.parse_args()
+    if args.one_row:
+        import json
+        warnings.filterwarnings("ignore"); transformers.utils.logging.set_verbosity_error(); datasets.disable_progress_bars()
+        print(json.dumps(one_row(args)))
+        return
     if args.quick:
         args.presets, args.world_pairs, args.hh_pairs, args.hh_max_length = ["tiny"], 64, 8, 64
         args.repeats = args.hh_repeats = 1
@@ -241,6 +311,11 @@ def main():
     warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}\n")
+    if args.fresh_processes:
+        print(f"## Training throughput, a fresh process per run: {args.hh_pairs} hh-rlhf pairs, batches of "
+              f"{args.hh_batch_size}, ≤ {args.hh_max_length} tokens, median of {args.hh_repeats}\n")
+        table(fresh_processes(args))
+        return
     rows = []
     if "world" in args.settings:
         tok = make_tokenizer()
@@ -253,7 +328,7 @@ def main():
         for preset in args.presets:
             model = make_reward_model(preset, tok, seed=0)
             rows += compare(f"world, {preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M)", model, tok, ds,
-                            args.world_batch_size, 1e-3, args.repeats, modes)
+                            args.world_batch_size, 1e-3, args.repeats, modes, args.rows == "all")
     if "hh" in args.settings:
         folder = minilm_folder()
         if folder is None or not HH.exists():
@@ -277,7 +352,7 @@ def main():
             model = make_reward_model(folder, tok, seed=0)
             rows += compare(f"hh-rlhf, all-MiniLM-L6-v2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M), "
                             f"{args.hh_max_length} tokens", model, tok, sub, args.hh_batch_size, 5e-5, args.hh_repeats,
-                            ["matched", "defaults-fp32"])
+                            ["matched", "defaults-fp32"], args.rows == "all")
     print(f"\n## Training throughput: one epoch, every step timed (world: {args.world_pairs} pairs, batches of "
           f"{args.world_batch_size}, max_length 64, median of {args.repeats}; hh-rlhf: {args.hh_pairs} pairs, batches of "
           f"{args.hh_batch_size}, median of {args.hh_repeats})\n")

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['SEED_STREAMS', 'seeded', 'child_seed', 'atomic_file', 'write_text', 'write_json', 'publish', 'atomic_folder',
-           'run_grid', 'mean_std', 'versus']
+           'tune_allocator', 'run_grid', 'mean_std', 'versus']
 
 # %% ../nbs/00_core.ipynb #bb62a136
 import contextlib
+import ctypes
 import json
 import os
 import random
@@ -90,6 +91,22 @@ def atomic_folder(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+# %% ../nbs/00_core.ipynb #33779de3
+_MALLOC_TUNED = 1 << 30      # bytes below which blocks stay in the heap, and free heap top kept before trimming
+_MALLOC_DEFAULT = 128 << 10  # glibc's initial mmap and trim thresholds
+
+def tune_allocator() -> bool:
+    """Keep large blocks in glibc's heap (mmap and trim thresholds 1 GiB); `RMSECRETS_MALLOC=default`: glibc's values.
+
+    Returns whether the tuned thresholds are in effect (False off glibc)."""
+    try: libc = ctypes.CDLL("libc.so.6")
+    except OSError: return False
+    if not hasattr(libc, "mallopt"): return False
+    value = _MALLOC_DEFAULT if os.environ.get("RMSECRETS_MALLOC", "tuned") == "default" else _MALLOC_TUNED
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                                         # <malloc.h>
+    ok = libc.mallopt(M_MMAP_THRESHOLD, value) == 1 and libc.mallopt(M_TRIM_THRESHOLD, value) == 1
+    return ok and value == _MALLOC_TUNED
 
 # %% ../nbs/00_core.ipynb #345884a5
 def run_grid(variants: dict,  # name -> whatever `run` needs to build that variant

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['DEMO_SCALES', 'DEMO_PPO', 'PAPER_STRENGTH', 'fmt_ms', 'DemoScale', 'Report', 'table', 'verdict', 'versus_text',
-           'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'demo_ppo', 'demo_iterative', 'run_demo']
+           'StageClock', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'demo_ppo', 'demo_iterative',
+           'run_demo']
 
 # %% ../nbs/13_demo.ipynb #b0c4c23b
 import time
@@ -23,6 +24,7 @@ from .losses import LABEL_TRICKS, compare_tricks, plot_tricks, summarise_tricks
 from .model import make_reward_model
 from .policy import SFTConfig, make_policy, train_sft
 from .ppo import PPOConfig, compare_ppo, plot_ppo, summarise_ppo
+from .scale import FlopMeter, matmul_peak
 from .strength import StrengthConfig, annotate, decile_experiment, plot_strength, strength_summary, vote
 from .train import (WORLD_TRAIN, TrainConfig, pair_metrics, plot_learning_curves, plot_reward_gaps, score_pairs,
                              train_reward_model)
@@ -99,6 +101,33 @@ def versus_text(a: dict, b: dict, key: str) -> str:
     return f"{v['diff']:+.3f} (seed spread {v['spread']:.3f}: {'beyond' if v['beyond'] else 'within'} it)"
 
 fmt_ms = lambda r, k: f"{r[k]:.3f} ± {r[k + '_std']:.3f}"   # "mean ± std" of a `mean_std` row
+
+class StageClock:
+    """Seconds and FLOPs of each stage of a run: a `FlopMeter` counts from construction to `close`."""
+    def __init__(self):
+        self.peak = matmul_peak()                                   # fp32 FLOP/s of this process's threads
+        self.t0, self.seconds, self.flops, self.meter = time.time(), {}, {}, FlopMeter().__enter__()
+
+    def lap(self, name: str):
+        """The stage `name` has ended: its seconds and FLOPs since the previous lap."""
+        self.seconds[name] = round(time.time() - self.t0 - sum(self.seconds.values()), 1)
+        self.flops[name] = self.meter.flops - sum(self.flops.values())
+
+    def close(self): self.meter.__exit__(None, None, None)
+
+    def rates(self) -> dict:
+        """GFLOP/s and MFU of every stage, and the peak they are measured against."""
+        rate = {k: self.flops[k] / max(s, 1e-9) for k, s in self.seconds.items()}
+        return {"peak_gflop": self.peak / 1e9, "gflop": {k: r / 1e9 for k, r in rate.items()},
+                "mfu": {k: r / self.peak for k, r in rate.items()}}
+
+    def table(self) -> list[dict]:
+        """One row per stage, then the total."""
+        rows = [(k, s, self.flops[k]) for k, s in self.seconds.items()]
+        rows.append(("total", sum(self.seconds.values()), sum(self.flops.values())))
+        return [{"stage": k, "seconds": f"{s:.0f}", "share of time": f"{s / max(sum(self.seconds.values()), 1e-9):.0%}",
+                 "GFLOP": f"{f / 1e9:,.0f}", "GFLOP/s": f"{f / 1e9 / max(s, 1e-9):.1f}",
+                 "MFU": f"{f / max(s, 1e-9) / self.peak:.1%}"} for k, s, f in rows]
 
 # %% ../nbs/13_demo.ipynb #ec3cb7b8
 def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, s: DemoScale, seed: int) -> dict:
@@ -302,65 +331,74 @@ def run_demo(out: str | Path = "demo",  # the folder of the report, its figures,
     if quiet:
         import datasets, transformers
         datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
-    out, t0, stages = Path(out), time.time(), {}   # stages: seconds per stage
-    report = Report(out, "rmsecrets demo: reward modeling on a world with a known truth")
-    report.add(f"Command: `{command}`")
+    out, t0 = Path(out), time.time()
+    clock = StageClock()                           # seconds and FLOPs of every stage
+    try:
+        report = Report(out, "rmsecrets demo: reward modeling on a world with a known truth")
+        report.add(f"Command: `{command}`")
 
-    # 1. the world
-    world = load_world(save_world(WorldConfig(seed=seed, **s.world), out / "world"))
-    train, tok = world["preferences"]["train"], world["tokenizer"]
-    kinds = Counter(train["noise"])
-    report.add("## 1. The world\n\n" + table([{"split": k, "pairs": len(v), "wrong labels": sum(v["label_is_wrong"]) / len(v)}
-                                              for k, v in world["preferences"].items()])
-               + "\n\nTrain labels by noise kind: " + ", ".join(f"{k} {kinds[k]}" for k in NOISE_KINDS) + ".")
-    fig, ax = plt.subplots(figsize=(6, 3)); plot_label_noise(train, ax)
-    report.figure(fig, "world_label_noise", "|true margin| of each training pair, stacked by the kind of label noise")
+        # 1. the world
+        world = load_world(save_world(WorldConfig(seed=seed, **s.world), out / "world"))
+        train, tok = world["preferences"]["train"], world["tokenizer"]
+        kinds = Counter(train["noise"])
+        report.add("## 1. The world\n\n" + table([{"split": k, "pairs": len(v), "wrong labels": sum(v["label_is_wrong"]) / len(v)}
+                                                  for k, v in world["preferences"].items()])
+                   + "\n\nTrain labels by noise kind: " + ", ".join(f"{k} {kinds[k]}" for k in NOISE_KINDS) + ".")
+        fig, ax = plt.subplots(figsize=(6, 3)); plot_label_noise(train, ax)
+        report.figure(fig, "world_label_noise", "|true margin| of each training pair, stacked by the kind of label noise")
 
-    stages["world"] = round(time.time() - t0 - sum(stages.values()), 1)
-    # 2. a reward model trained on the noisy labels
-    config = replace(WORLD_TRAIN, epochs=s.rm_epochs, batch_size=32, eval_every=25, log_every=5, seed=seed, progress=not quiet)
-    tr, va, te = (tokenize_pairs(world["preferences"][split], tok, config.max_length) for split in ("train", "validation", "test"))
-    result = train_reward_model(make_reward_model("tiny", tok, seed=seed), tok, tr, va, config, out_dir=out / "rm",
-                                card={"command": command, "backbone": "tiny", "data": f"the demo's world (seed {seed})",
-                                      "eval_data": "its validation split"})
-    scores = score_pairs(result.model, te, tok.pad_token_id)
-    metrics = pair_metrics(scores["r_chosen"], scores["r_rejected"], scores["label_is_wrong"])
-    report.add("## 2. A reward model trained on noisy labels\n\nA tiny Llama-style reward model (Bradley–Terry loss), "
-               f"{result.history[-1]['step']} steps. Test set ({metrics['n']} pairs):\n\n"
-               + table([{"against": "labels (noisy)", "accuracy": metrics["accuracy"], "ECE": metrics["ece"]},
-                        {"against": "truth", "accuracy": metrics["accuracy_true"], "ECE": metrics["ece_true"]}])
-               + f"\n\nMean reward gap {metrics['reward_gap']:.3f}; loss {metrics['loss']:.3f}. The model agrees with the "
-               f"truth {'more' if metrics['accuracy_true'] > metrics['accuracy'] else 'less'} often than with the noisy "
-               "labels it was trained on.")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2)); plot_learning_curves(result.history, a1); plot_reward_gaps(scores, a2)
-    report.figure(fig, "rm_training", "Learning curves (validation every 25 steps) and the test reward gap for right and wrong labels")
+        clock.lap("world")
+        # 2. a reward model trained on the noisy labels
+        config = replace(WORLD_TRAIN, epochs=s.rm_epochs, batch_size=32, eval_every=25, log_every=5, seed=seed, progress=not quiet)
+        tr, va, te = (tokenize_pairs(world["preferences"][split], tok, config.max_length) for split in ("train", "validation", "test"))
+        result = train_reward_model(make_reward_model("tiny", tok, seed=seed), tok, tr, va, config, out_dir=out / "rm",
+                                    card={"command": command, "backbone": "tiny", "data": f"the demo's world (seed {seed})",
+                                          "eval_data": "its validation split"})
+        scores = score_pairs(result.model, te, tok.pad_token_id)
+        metrics = pair_metrics(scores["r_chosen"], scores["r_rejected"], scores["label_is_wrong"])
+        report.add("## 2. A reward model trained on noisy labels\n\nA tiny Llama-style reward model (Bradley–Terry loss), "
+                   f"{result.history[-1]['step']} steps. Test set ({metrics['n']} pairs):\n\n"
+                   + table([{"against": "labels (noisy)", "accuracy": metrics["accuracy"], "ECE": metrics["ece"]},
+                            {"against": "truth", "accuracy": metrics["accuracy_true"], "ECE": metrics["ece_true"]}])
+                   + f"\n\nMean reward gap {metrics['reward_gap']:.3f}; loss {metrics['loss']:.3f}. The model agrees with the "
+                   f"truth {'more' if metrics['accuracy_true'] > metrics['accuracy'] else 'less'} often than with the noisy "
+                   "labels it was trained on.")
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2)); plot_learning_curves(result.history, a1); plot_reward_gaps(scores, a2)
+        report.figure(fig, "rm_training", "Learning curves (validation every 25 steps) and the test reward gap for right and wrong labels")
 
-    stages["reward model"] = round(time.time() - t0 - sum(stages.values()), 1)
-    # 3. preference strength
-    strength = demo_strength(report, world, tr, te, tok, out, s, seed)
+        clock.lap("reward model")
+        # 3. preference strength
+        strength = demo_strength(report, world, tr, te, tok, out, s, seed)
 
-    stages["strength"] = round(time.time() - t0 - sum(stages.values()), 1)
-    # 4. label flipping, smoothing and the adaptive margin
-    tricks = demo_label_tricks(report, strength["annotated"], va, tok, s, seed)
+        clock.lap("strength")
+        # 4. label flipping, smoothing and the adaptive margin
+        tricks = demo_label_tricks(report, strength["annotated"], va, tok, s, seed)
 
-    stages["label tricks"] = round(time.time() - t0 - sum(stages.values()), 1)
-    # 5. contrastive learning
-    contrastive = demo_contrastive(report, tr, va, tok, s, seed)
+        clock.lap("label tricks")
+        # 5. contrastive learning
+        contrastive = demo_contrastive(report, tr, va, tok, s, seed)
 
-    stages["contrastive"] = round(time.time() - t0 - sum(stages.values()), 1)
-    # 6. the policy: SFT and PPO-max on the baseline and a denoised reward model
-    policy = demo_ppo(report, world, result.model, strength["annotated"], va, tok, out, s, seed, command)
-    sft = policy.pop("sft")
+        clock.lap("contrastive")
+        # 6. the policy: SFT and PPO-max on the baseline and a denoised reward model
+        policy = demo_ppo(report, world, result.model, strength["annotated"], va, tok, out, s, seed, command)
+        sft = policy.pop("sft")
 
-    stages["policy"] = round(time.time() - t0 - sum(stages.values()), 1)
-    # 7. iterative RLHF: MetaRM against the same rounds with a plain reward-model update
-    rounds = demo_iterative(report, world, result.model, sft, tr, va, tok, s, seed)
+        clock.lap("policy")
+        # 7. iterative RLHF: MetaRM against the same rounds with a plain reward-model update
+        rounds = demo_iterative(report, world, result.model, sft, tr, va, tok, s, seed)
 
-    stages["iterative"] = round(time.time() - t0 - sum(stages.values()), 1)
-    summary = {"world": {k: len(v) for k, v in world["preferences"].items()}, "reward_model": metrics,
-               "strength": {k: v for k, v in strength.items() if k != "annotated"}, "label_tricks": tricks,
-               "contrastive": contrastive, "ppo": policy, "iterative": rounds, "seconds": round(time.time() - t0, 1), "stage_seconds": stages}
-    report.add(f"Total time: {summary['seconds']} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ").")
-    write_json(out / "metrics.json", summary)
+        clock.lap("iterative")
+        summary = {"world": {k: len(v) for k, v in world["preferences"].items()}, "reward_model": metrics,
+                   "strength": {k: v for k, v in strength.items() if k != "annotated"}, "label_tricks": tricks,
+                   "contrastive": contrastive, "ppo": policy, "iterative": rounds, "seconds": round(time.time() - t0, 1),
+                   "stage_seconds": clock.seconds, "stage_gflop": {k: round(v / 1e9, 3) for k, v in clock.flops.items()},
+                   "throughput_per_second": clock.rates()}
+        report.add(f"## What it cost\n\nTotal time: {summary['seconds']} s. Each stage's seconds, the FLOPs its models computed "
+                   "(`rmsecrets.scale.FlopMeter`: every linear layer and attention product, training counted three times), "
+                   f"and its model FLOPs utilisation against this machine's fp32 matmul peak, {clock.peak / 1e9:.0f} GFLOP/s "
+                   "(`matmul_peak`, measured at the start):\n\n" + table(clock.table()))
+        write_json(out / "metrics.json", summary)
+    finally:
+        clock.close()
     print(f"report: {report.write()}")
     return summary

@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
-from .core import mean_std, run_grid, seeded, write_json
+from .core import mean_std, run_grid, seeded, tune_allocator, write_json
 from .model import add_lora, lora_targets, merge_lora, reward_head
 from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy
 
@@ -240,6 +240,7 @@ def ppo(policy,  # the SFT policy (trained in place)
                                   f"{acc.distributed_type.value} does not take: run it under DDP "
                                   f"(configs/accelerate/ddp.yaml), with LoRA (lora_r > 0) for large models")
     set_seed(config.seed)
+    tune_allocator()                                                                        # 00_core
     rm_tokenizer, pad = rm_tokenizer or tokenizer, tokenizer.pad_token_id
     policy, ref = reference_policy(policy, config)                                         # π_ref: the SFT policy
     if not config.lora_r: ref = ref.to(acc.device)

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['LLAMA2_7B', 'GPUS', 'ModelShape', 'Setup', 'state_bytes', 'activation_bytes', 'train_flops', 'forward_flops',
-           'decode_seconds', 'Workload', 'stage_cost', 'cost_table', 'add_scale_args', 'scale_dtype',
-           'apply_scale_args']
+           'decode_seconds', 'matmul_peak', 'FlopMeter', 'Workload', 'stage_cost', 'cost_table', 'add_scale_args',
+           'scale_dtype', 'apply_scale_args']
 
 # %% ../nbs/11_scale.ipynb #38fc40c0
 import argparse
@@ -125,6 +125,43 @@ def decode_seconds(shape: ModelShape, new_tokens: int, batch: int, context: int,
     read = (2 * shape.params("lm") + kv) / (g["bandwidth"] * 1e12)                          # every weight, every step
     compute = forward_flops(shape, batch, context, "lm") / (g["tflops"] * 1e12)
     return new_tokens * max(read, compute)
+
+# %% ../nbs/11_scale.ipynb #ec82ce00
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of `repeats` n×n fp32 products on this process's threads (after one untimed)."""
+    import time
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+class FlopMeter:
+    """While active (a context), the FLOPs of every nn.Linear and attention product any model runs, training counted 3×."""
+    def __init__(self): self.flops = 0
+
+    def __enter__(self):
+        import torch
+        self._handle = torch.nn.modules.module.register_module_forward_hook(self._count, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc): self._handle.remove()
+
+    def _count(self, module, args, kwargs, out):
+        import torch
+        if isinstance(module, torch.nn.Linear):
+            x = args[0] if args else kwargs["input"]
+            trained = torch.is_grad_enabled() and module.weight.requires_grad
+            # 2 · rows · in · out for y = x Wᵀ; the backward's two products (∂x, ∂W) double it again
+            self.flops += 2 * (x.numel() // module.in_features) * module.in_features * module.out_features * (3 if trained else 1)
+        elif type(module).__name__.endswith("Attention") and torch.is_tensor(h := kwargs.get("hidden_states", args[0] if args else None)):
+            mask = kwargs.get("attention_mask")
+            t_k = mask.shape[-1] if torch.is_tensor(mask) and mask.dim() == 4 else h.shape[1]    # the cached keys too
+            o = out[0] if isinstance(out, tuple) else out
+            # Q Kᵀ and softmax(·) V: 2 · 2 · B · T_q · T_k · H
+            self.flops += 4 * h.shape[0] * h.shape[1] * t_k * h.shape[-1] * (3 if o.requires_grad else 1)
 
 # %% ../nbs/11_scale.ipynb #91d56966
 @dataclass(frozen=True)

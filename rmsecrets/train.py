@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .core import child_seed, publish, write_json, write_text
+from .core import child_seed, publish, tune_allocator, write_json, write_text
 from .data import PairCollator, tokenize_pairs
 from .model import plain_text_gap, reward_forward, save_reward_model, score
 
@@ -382,11 +382,13 @@ def make_accelerator(config, out_dir: str | Path | None = None) -> Accelerator:
                        project_dir=str(out_dir) if out_dir else None)
 
 def start_run(config, out_dir: str | Path | None = None, accelerator: Accelerator | None = None) -> tuple:
-    """A run's set-up: its Accelerator (from `config` unless one is given), its `out_dir` (created), every generator seeded."""
+    """A run's set-up: its Accelerator (from `config` unless one is given), its `out_dir` (created), every generator seeded,
+    the allocator tuned."""
     acc = accelerator or make_accelerator(config, out_dir)
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None and acc.is_main_process: out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)                     # random, numpy, torch and CUDA: dropout and anything else the run draws
+    tune_allocator()                          # large blocks stay in the heap (00_core): no number changes
     return acc, out_dir
 
 def total_steps(n_rows: int, config, num_processes: int) -> int:

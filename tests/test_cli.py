@@ -49,6 +49,11 @@ def test_demo_quick_writes_the_report(tmp_path):
     last = rounds[2]
     assert f"| MetaRM | 2 | {last['gold']:.2f} ± {last['gold_std']:.2f} | {last['ranking_vs_gold']:.3f}" in report
     assert set(metrics["stage_seconds"]) >= {"strength", "policy", "iterative"}
+    gflop = metrics["stage_gflop"]                                   # the FLOP account: every stage computed something
+    assert set(gflop) == set(metrics["stage_seconds"]) and all(v > 0 for k, v in gflop.items() if k != "world")
+    assert gflop["strength"] > gflop["reward model"]                 # three voters and the deciles against one model
+    assert "## What it cost" in report and f"| strength | {metrics['stage_seconds']['strength']:.0f} |" in report
+    assert 0 < metrics["throughput_per_second"]["mfu"]["strength"] < 1
 
 
 def test_train_rm_same_seed_same_numbers_and_eval_rm_agrees(world, tmp_path):
