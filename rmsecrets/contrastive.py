@@ -256,17 +256,21 @@ def compare_contrastive(train: Dataset,  # tokenised training pairs (with streng
                         losses: dict | None = None,  # name -> Contrastive, for variants not in CONTRASTIVE (sweeps)
                         backbone: str = "tiny",
                         keep_models: bool = False,  # keep each variant's first-seed model in its row
+                        trained: dict | None = None,  # (name, seed) -> (model, accuracy_true on `valid`): runs done elsewhere
                         ) -> list[dict]:
     """Train every variant with every seed; accuracy in and out of distribution and the probe's separation."""
     config = config or WORLD_TRAIN
     def run(name, proto, seed):
-        loss = replace(proto, seed=seed) if isinstance(proto, Contrastive) else proto
-        res = train_reward_model(make_reward_model(backbone, tokenizer, seed=seed), tokenizer, train, valid,
-                                 replace(config, seed=seed), loss_fn=loss)
-        shift = evaluate(res.model, shifted, tokenizer.pad_token_id)
-        return {"accuracy_true": res.metrics["accuracy_true"], "accuracy_shift": shift["accuracy_true"],
-                "probe": probe_accuracy(*response_features(res.model, valid, tokenizer.pad_token_id)),
-                **({"model": res.model} if keep_models and seed == seeds[0] else {})}
+        if (name, seed) in (trained or {}): model, accuracy = trained[name, seed]            # the same run, done before
+        else:
+            loss = replace(proto, seed=seed) if isinstance(proto, Contrastive) else proto
+            res = train_reward_model(make_reward_model(backbone, tokenizer, seed=seed), tokenizer, train, valid,
+                                     replace(config, seed=seed), loss_fn=loss)
+            model, accuracy = res.model, res.metrics["accuracy_true"]
+        shift = evaluate(model, shifted, tokenizer.pad_token_id)
+        return {"accuracy_true": accuracy, "accuracy_shift": shift["accuracy_true"],
+                "probe": probe_accuracy(*response_features(model, valid, tokenizer.pad_token_id)),
+                **({"model": model} if keep_models and seed == seeds[0] else {})}
     variants = {name: (losses or {}).get(name) or (base if name == "bt" else replace(CONTRASTIVE[name], base=base))
                 for name in names}
     return run_grid(variants, seeds, run)

@@ -179,7 +179,7 @@ def demo_label_tricks(report: Report, train, valid, tok, s: DemoScale, seed: int
     names = ("bt", "flip", "margin", "flip+margin", "soft+margin")
     seeds = tuple(seed + i for i in range(s.seeds))   # the notebook has three seeds; the demo's budget two
     config = replace(WORLD_TRAIN, epochs=s.rm_epochs, eval_every=50)
-    rows = compare_tricks(train, valid, tok, names, seeds, config)
+    rows = compare_tricks(train, valid, tok, names, seeds, config, keep_models=True)
     summary = summarise_tricks(rows)
     base = next(r for r in summary if r["method"] == "bt")
     best = max((r for r in summary if r["method"] != "bt"), key=lambda r: r["accuracy_true"])
@@ -199,10 +199,13 @@ def demo_label_tricks(report: Report, train, valid, tok, s: DemoScale, seed: int
                + (" (one seed: run without --quick for the spread)." if len(seeds) == 1 else "."))
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.2)); plot_tricks(rows, axes); plt.tight_layout()
     report.figure(fig, "label_tricks", "Validation accuracy along training, mean over seeds, for each method")
-    return {"summary": summary, "best": best["method"], "verdict": judged}
+    baseline = {("bt", r["seed"]): (r["model"], r["accuracy_true"]) for r in rows if r["method"] == "bt"}
+    return {"summary": summary, "best": best["method"], "verdict": judged, "baseline": baseline}
 
 # %% ../nbs/13_demo.ipynb #12b197cd
-def demo_contrastive(report: Report, train, valid, tok, s: DemoScale, seed: int) -> dict:
+def demo_contrastive(report: Report, train, valid, tok, s: DemoScale, seed: int,
+                     baseline: dict | None = None,  # ("bt", seed) -> (model, accuracy_true): stage 4's baseline runs
+                     ) -> dict:
     """Demo stage: SimCSE and SwAV (pair and diff) against the baseline, several seeds."""
     import matplotlib.pyplot as plt
     seeds = tuple(seed + i for i in range(s.seeds))   # the notebook has three seeds and the dropout control; the demo's budget two
@@ -210,7 +213,7 @@ def demo_contrastive(report: Report, train, valid, tok, s: DemoScale, seed: int)
     shifted = tokenize_pairs(make_world(shifted_config)["validation"], tok, max_length=64)
     config = replace(WORLD_TRAIN, epochs=s.rm_epochs)
     rows = compare_contrastive(train, valid, shifted, tok, names=("bt", "simcse", "simcse-diff", "swav", "swav-diff"),
-                               seeds=seeds, config=config, keep_models=True)
+                               seeds=seeds, config=config, keep_models=True, trained=baseline)
     summary = summarise(rows)
     base = summary[0]
     variants = summary[1:]
@@ -221,7 +224,8 @@ def demo_contrastive(report: Report, train, valid, tok, s: DemoScale, seed: int)
                "`06_contrastive` adds a third seed and the dropout-only control). Accuracy against the truth on the "
                "validation pairs and on a shifted world (longer, stranger responses), and the held-out accuracy of a "
                "linear probe telling the better response from the worse by its features alone (mean ± seed-to-seed std; "
-               "Δ against the baseline):\n\n" + table(
+               "Δ against the baseline" + ("; the baseline is stage 4's bt runs, reused: the same models, seeds and data "
+               "order" if baseline else "") + "):\n\n" + table(
                    [{"method": r["method"], "truth": fmt_ms(r, "accuracy_true"), "Δ": f"{r['accuracy_true_vs_bt']:+.3f}",
                      "shifted world": fmt_ms(r, "accuracy_shift"), "Δ shifted": f"{r['accuracy_shift_vs_bt']:+.3f}",
                      "probe": fmt_ms(r, "probe")} for r in summary])
@@ -373,10 +377,11 @@ def run_demo(out: str | Path = "demo",  # the folder of the report, its figures,
         clock.lap("strength")
         # 4. label flipping, smoothing and the adaptive margin
         tricks = demo_label_tricks(report, strength["annotated"], va, tok, s, seed)
+        baseline = tricks.pop("baseline")                         # the bt runs, reused by stage 5
 
         clock.lap("label tricks")
         # 5. contrastive learning
-        contrastive = demo_contrastive(report, tr, va, tok, s, seed)
+        contrastive = demo_contrastive(report, tr, va, tok, s, seed, baseline)
 
         clock.lap("contrastive")
         # 6. the policy: SFT and PPO-max on the baseline and a denoised reward model

@@ -110,6 +110,7 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
                    config=None,  # TrainConfig (default: WORLD_TRAIN, evaluated every 25 steps)
                    backbone: str = "tiny",
                    tricks: dict | None = None,  # name -> LabelTrick, for variants not in LABEL_TRICKS (e.g. an α sweep)
+                   keep_models: bool = False,  # keep each run's trained model in its row (under "model")
                    ) -> list[dict]:
     """Train every method with every seed; one row each with the final metrics and the learning curve."""
     config = config or replace(WORLD_TRAIN, eval_every=25)
@@ -120,7 +121,7 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
                  for h in res.history if "eval_accuracy" in h]
         train_loss = [h["loss"] for h in res.history if "loss" in h and "event" not in h][-1]   # the method's own loss
         return {**{k: res.metrics[k] for k in ("accuracy", "accuracy_true", "accuracy_agree")}, "train_loss": train_loss,
-                "curve": curve}
+                "curve": curve, **({"model": res.model} if keep_models else {})}
     return run_grid({name: (tricks or {}).get(name) or LABEL_TRICKS[name] for name in names}, seeds, run)
 
 def summarise_tricks(rows: list[dict]) -> list[dict]:

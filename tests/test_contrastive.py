@@ -123,3 +123,19 @@ def test_contrastive_train_rm_under_accelerate_with_two_processes(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         m = json.loads((tmp_path / variant / "metrics.json").read_text())
         assert m["num_processes"] == 2 and m["steps"] == 3 and m["eval"]["n"] == 40
+
+
+def test_a_baseline_trained_once_is_the_baseline_trained_again(small):
+    "The label-trick stage's bt runs are the contrastive stage's: reused, they give the rows a fresh run gives."
+    from rmsecrets.contrastive import compare_contrastive
+    from rmsecrets.losses import compare_tricks
+    from rmsecrets.train import TrainConfig
+    tok, tr, va = small
+    cfg = TrainConfig(max_steps=4, lr=3e-3, max_length=64, progress=False)
+    from dataclasses import replace
+    tricks = compare_tricks(tr, va, tok, names=("bt",), seeds=(0, 1), config=replace(cfg, eval_every=2),   # evaluating
+                            keep_models=True)                                              # on the way changes nothing
+    trained = {("bt", r["seed"]): (r["model"], r["accuracy_true"]) for r in tricks}
+    fresh = compare_contrastive(tr, va, va, tok, names=("bt",), seeds=(0, 1), config=cfg)
+    reused = compare_contrastive(tr, va, va, tok, names=("bt",), seeds=(0, 1), config=cfg, trained=trained)
+    assert reused == fresh
