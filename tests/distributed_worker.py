@@ -52,4 +52,6 @@ def run(out: str, batch_size: int) -> None:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]))
+    try: run(sys.argv[1], int(sys.argv[2]))
+    finally:   # close the process group before the interpreter exits, as `rmsecrets.cli.main` does
+        if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
