@@ -311,7 +311,9 @@ def cmd_iterate(args: argparse.Namespace) -> dict:
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Run every stage of the paper on the world; report.md, figures and metrics.json in `--out` (`13_demo`)."""
     from rmsecrets.demo import run_demo
-    return run_demo(args.out, "quick" if args.quick else "full", args.seed, args.quiet, getattr(args, "command_line", None))
+    from rmsecrets.demo import DEMO_SCALES
+    scale = dataclasses.replace(DEMO_SCALES["quick" if args.quick else "full"], workers=getattr(args, "workers", 0))
+    return run_demo(args.out, scale, args.seed, args.quiet, getattr(args, "command_line", None))
 
 # %% ../nbs/14_cli.ipynb #f4fed945
 def add_data_args(parser: argparse.ArgumentParser, split: str, tokenizer: bool = True) -> None:
@@ -420,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smoke run: small world, short training")
     demo.add_argument("--seed", type=int, default=0, help="seed of the world and of every stage")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--workers", type=int, default=0,
+                      help="processes for independent runs, one thread each (0: every core of a Linux CPU run; 1: none)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

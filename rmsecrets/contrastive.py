@@ -22,6 +22,9 @@ from .model import add_prototypes, make_reward_model, unwrap
 from .train import WORLD_TRAIN, PairOutput, RewardLoss, as_reward_loss, bradley_terry, evaluate, pair_forward, train_reward_model
 
 # %% ../nbs/06_contrastive.ipynb #71dd4b51
+def _view_dropout(mod, args, out):                 # a module-level hook: the model still pickles (`parallel_map`)
+    return F.dropout(out, mod.view_dropout, mod.training)
+
 def add_dropout(model: nn.Module,  # a reward model (wrappers are looked through)
                 p: float = 0.05,  # the paper's rate
                 ) -> nn.Module:
@@ -34,7 +37,7 @@ def add_dropout(model: nn.Module,  # a reward model (wrappers are looked through
     if not layers:
         emb = m.get_input_embeddings()
         if not hasattr(emb, "view_dropout"):
-            emb.register_forward_hook(lambda mod, args, out: F.dropout(out, mod.view_dropout, mod.training))
+            emb.register_forward_hook(_view_dropout)
         emb.view_dropout = p
     return model
 
@@ -257,6 +260,7 @@ def compare_contrastive(train: Dataset,  # tokenised training pairs (with streng
                         backbone: str = "tiny",
                         keep_models: bool = False,  # keep each variant's first-seed model in its row
                         trained: dict | None = None,  # (name, seed) -> (model, accuracy_true on `valid`): runs done elsewhere
+                        workers: int = 1,  # processes the runs are shared among (`core.parallel_map`)
                         ) -> list[dict]:
     """Train every variant with every seed; accuracy in and out of distribution and the probe's separation."""
     config = config or WORLD_TRAIN
@@ -273,7 +277,7 @@ def compare_contrastive(train: Dataset,  # tokenised training pairs (with streng
                 **({"model": model} if keep_models and seed == seeds[0] else {})}
     variants = {name: (losses or {}).get(name) or (base if name == "bt" else replace(CONTRASTIVE[name], base=base))
                 for name in names}
-    return run_grid(variants, seeds, run)
+    return run_grid(variants, seeds, run, workers=workers)
 
 def summarise(rows: list[dict], keys: tuple = ("accuracy_true", "accuracy_shift", "probe")) -> list[dict]:
     """Mean and seed-to-seed std of each method's metrics, with the difference to the first method's mean."""

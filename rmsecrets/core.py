@@ -4,12 +4,14 @@
 
 # %% auto #0
 __all__ = ['SEED_STREAMS', 'seeded', 'child_seed', 'atomic_file', 'write_text', 'write_json', 'publish', 'atomic_folder',
-           'tune_allocator', 'run_grid', 'mean_std', 'versus']
+           'tune_allocator', 'count_across_workers', 'forget_counter', 'default_workers', 'parallel_map', 'run_grid',
+           'mean_std', 'versus']
 
 # %% ../nbs/00_core.ipynb #bb62a136
 import contextlib
 import ctypes
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -109,15 +111,64 @@ def tune_allocator() -> bool:
     return ok and value == _MALLOC_TUNED
 
 # %% ../nbs/00_core.ipynb #345884a5
+_TASK, _ITEMS, _IN_WORKER = None, None, False   # what forked workers run (set by `parallel_map` just before forking)
+_COUNTERS: list = []                             # (object, attribute): totals that workers' runs add to (a FLOP meter)
+
+def count_across_workers(obj, attr: str):
+    """Have `obj.attr` (a number) also count what `parallel_map`'s workers add to their copy of it."""
+    _COUNTERS.append((obj, attr)); return obj
+
+def forget_counter(obj):
+    """Stop carrying `obj`'s counts back from workers."""
+    _COUNTERS[:] = [(o, a) for o, a in _COUNTERS if o is not obj]
+
+def _worker_start():
+    global _IN_WORKER
+    _IN_WORKER = True                              # a worker's own grids run sequentially
+    torch.set_num_threads(1)
+
+def _run_item(i: int):
+    before = [getattr(o, a) for o, a in _COUNTERS]
+    result = _TASK(_ITEMS[i])
+    return result, [getattr(o, a) - b for (o, a), b in zip(_COUNTERS, before)]
+
+def default_workers() -> int:
+    """Processes `parallel_map` can use here: the usable cores on a Linux CPU run, else 1."""
+    if torch.cuda.is_available() or "fork" not in multiprocessing.get_all_start_methods(): return 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1: return 1     # under `accelerate launch`: one run per rank
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+def parallel_map(fn: Callable,  # fn(item) -> result (anything picklable)
+                 items,  # the independent jobs, in order
+                 workers: int = 1,  # processes; 1: sequential, in this process and its threads
+                 ) -> list:
+    """[fn(x) for x in items], in `workers` forked processes of one torch thread each when workers > 1."""
+    global _TASK, _ITEMS
+    items = list(items)
+    if workers <= 1 or len(items) <= 1 or _IN_WORKER or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(x) for x in items]
+    if torch.cuda.is_initialized(): raise RuntimeError("parallel_map forks, and CUDA cannot run in a forked process: use workers=1")
+    if torch.distributed.is_initialized(): raise RuntimeError("parallel_map forks, which a distributed run's ranks must not: use workers=1")
+    _TASK, _ITEMS = fn, items
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(items)), initializer=_worker_start) as pool:
+            done = pool.map(_run_item, range(len(items)), chunksize=1)
+    finally: _TASK, _ITEMS = None, None
+    for _, deltas in done:
+        for (o, a), d in zip(_COUNTERS, deltas): setattr(o, a, getattr(o, a) + d)
+    return [result for result, _ in done]
+
 def run_grid(variants: dict,  # name -> whatever `run` needs to build that variant
              seeds: tuple,  # one run per seed and variant
              run: Callable,  # run(name, variant, seed) -> dict of results
              key: str = "method",  # the column the variant's name goes to
              seed_key: str | None = "seed",  # the column the seed goes to (None: none, for a single seed)
+             workers: int = 1,  # processes the runs are shared among (`parallel_map`)
              ) -> list[dict]:
     """One row per (variant, seed), variants outer: {key: name, seed_key: seed, **run(name, variant, seed)}."""
-    return [{key: name, **({seed_key: seed} if seed_key else {}), **run(name, variant, seed)}
-            for name, variant in variants.items() for seed in seeds]
+    jobs = [(name, variant, seed) for name, variant in variants.items() for seed in seeds]
+    results = parallel_map(lambda job: run(*job), jobs, workers)
+    return [{key: name, **({seed_key: seed} if seed_key else {}), **res} for (name, _, seed), res in zip(jobs, results)]
 
 def mean_std(rows: list[dict],  # rows of `run_grid` (or anything with the `by` column)
              keys: tuple,  # numeric columns to summarise

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .contrastive import SHIFTED_WORLD, compare_contrastive, plot_features, response_features, summarise
-from .core import versus, write_json, write_text
+from .core import default_workers, versus, write_json, write_text
 from .data import tokenize_pairs
 from .iterative import (IterativeConfig, compare_iterative, final_differences, plot_differences, plot_rounds,
                                  summarise_rounds)
@@ -36,7 +36,7 @@ from .world import NOISE_KINDS, WorldConfig, load_world, make_world, plot_label_
 class DemoScale:
     """How large each stage of the demo is: the one place where the quick and the full run differ."""
     world: dict = field(default_factory=dict)  # WorldConfig overrides (sizes); {}: the world's defaults
-    rm_epochs: int = 2            # epochs of every reward model of stages 2–6 (the voters' too)
+    rm_epochs: int = 2            # epochs of every reward model of stages 2–6 (the voters: `VOTER_TRAIN`)
     voters: int = 10              # M of the in-sample vote (the paper's 10)
     oof_voters: int = 5           # M of the out-of-fold vote (half: the demo's time budget)
     seeds: int = 2                # seeds of every comparison (the notebooks have three)
@@ -51,6 +51,7 @@ class DemoScale:
     rm_update_steps: int = 30     # steps of each round's reward-model update
     round_iterations: int = 15    # PPO iterations of each round
     round_critic_warmup: int = 3
+    workers: int = 0              # processes for independent runs (voters, seeds, variants); 0: `default_workers()`
 
 DEMO_SCALES = {
     "full": DemoScale(),
@@ -134,10 +135,11 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, s: DemoSc
     """Demo stage: preference strength on the world's training pairs."""
     import matplotlib.pyplot as plt
     train = world["preferences"]["train"]
-    config = StrengthConfig(n_voters=s.voters, seed=seed, train=replace(WORLD_TRAIN, epochs=s.rm_epochs))
+    config = StrengthConfig(n_voters=s.voters, seed=seed, workers=s.workers)   # VOTER_TRAIN: one epoch each
     oof_voters = s.oof_voters
+    oof_train = replace(config.train, epochs=config.train.epochs * config.folds / (config.folds - 1))  # the same steps on 1/2 the pairs
     votes = {"in_sample": vote(tr, tok, replace(config, mode="in_sample")),
-             "out_of_fold": vote(tr, tok, replace(config, mode="out_of_fold", n_voters=oof_voters))}
+             "out_of_fold": vote(tr, tok, replace(config, mode="out_of_fold", n_voters=oof_voters, train=oof_train))}
     annotated = {mode: annotate(train, v) for mode, v in votes.items()}
     annotated["in_sample"].save_to_disk(str(out / "strength" / "annotated"))
     summaries = {mode: strength_summary(a) for mode, a in annotated.items()}
@@ -147,19 +149,22 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, s: DemoSc
              "paper (hh-rlhf)": PAPER_STRENGTH.get(k, "")} for k in keys]
     k = summaries["in_sample"]["n_extreme"]
     report.add(f"## 3. Preference strength\n\nM = {config.n_voters} tiny reward models differing only in data order and "
-               f"seed (`StrengthConfig(n_voters={config.n_voters}, seed={config.seed})`), {config.train.epochs} epochs each; "
-               f"in-sample {votes['in_sample'].seconds:.0f} s, out-of-fold (k = {config.folds}, M = {oof_voters}) "
+               f"seed (`StrengthConfig(n_voters={config.n_voters}, seed={config.seed})`), {config.train.epochs:g} epoch{'s' * (config.train.epochs != 1)} each "
+               f"at lr {config.train.lr:g} (`VOTER_TRAIN`); in-sample {votes['in_sample'].seconds:.0f} s, out-of-fold "
+               f"(k = {config.folds}, M = {oof_voters}, {oof_train.epochs:g} epochs on the other folds: the same steps) "
                f"{votes['out_of_fold'].seconds:.0f} s. Agreement = share of labels that are right among the {k} weakest, "
                f"the {k} nearest zero and the {k} strongest pairs (the paper asks GPT-4 about 500 each).\n\n" + table(rows))
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2)); plot_strength(annotated["in_sample"], axes=axes)
     report.figure(fig, "strength", "In-sample strength: μ̂ by right/wrong label, σ̂, mean σ̂ and label–truth agreement over 20 groups sorted by μ̂")
-    cheap = compare_votes(train, {"full": votes["in_sample"], **{n: VOTERS[n](tr, tok, config) for n in ("single", "shared-trunk")}})
+    one_model = replace(config, train=replace(WORLD_TRAIN, epochs=s.rm_epochs))   # one model in place of M trains longer
+    cheap = compare_votes(train, {"full": votes["in_sample"], **{n: VOTERS[n](tr, tok, one_model) for n in ("single", "shared-trunk")}})
     report.add("### Cheaper voters\n\nThe same in-sample vote from one model, and from one trunk with M heads "
-               "(`04b_cheap_voters`), against the full ensemble:\n\n" + table(
+               f"(`04b_cheap_voters`; each {one_model.train.epochs:g} epochs at lr {one_model.train.lr:g}: one model standing in for M "
+               "needs more training than each of M voters), against the full ensemble:\n\n" + table(
                    [{k: r[k] for k in ("voter", "M", "seconds", "cost_ratio", "auroc_wrong", "auroc_injected", "spearman_true_margin")}
                     for r in cheap]))
     deciles = decile_experiment(tr.add_column("strength_mean", annotated["in_sample"]["strength_mean"]), te, tok,
-                                replace(config, train=replace(config.train, epochs=3)))
+                                replace(config, train=replace(WORLD_TRAIN, epochs=3)))
     report.add("### The decile experiment\n\nA reward model trained on each tenth of the pairs sorted by in-sample μ̂, "
                "alone (3 epochs), tested on the test pairs:\n\n" + table(deciles))
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -179,7 +184,7 @@ def demo_label_tricks(report: Report, train, valid, tok, s: DemoScale, seed: int
     names = ("bt", "flip", "margin", "flip+margin", "soft+margin")
     seeds = tuple(seed + i for i in range(s.seeds))   # the notebook has three seeds; the demo's budget two
     config = replace(WORLD_TRAIN, epochs=s.rm_epochs, eval_every=50)
-    rows = compare_tricks(train, valid, tok, names, seeds, config, keep_models=True)
+    rows = compare_tricks(train, valid, tok, names, seeds, config, keep_models=True, workers=s.workers)
     summary = summarise_tricks(rows)
     base = next(r for r in summary if r["method"] == "bt")
     best = max((r for r in summary if r["method"] != "bt"), key=lambda r: r["accuracy_true"])
@@ -213,7 +218,7 @@ def demo_contrastive(report: Report, train, valid, tok, s: DemoScale, seed: int,
     shifted = tokenize_pairs(make_world(shifted_config)["validation"], tok, max_length=64)
     config = replace(WORLD_TRAIN, epochs=s.rm_epochs)
     rows = compare_contrastive(train, valid, shifted, tok, names=("bt", "simcse", "simcse-diff", "swav", "swav-diff"),
-                               seeds=seeds, config=config, keep_models=True, trained=baseline)
+                               seeds=seeds, config=config, keep_models=True, trained=baseline, workers=s.workers)
     summary = summarise(rows)
     base = summary[0]
     variants = summary[1:]
@@ -255,7 +260,8 @@ def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Pat
     config = PPOConfig(iterations=s.ppo_iterations, eval_every=s.ppo_eval_every, eval_prompts=n_eval,
                        critic_warmup=s.ppo_critic_warmup, progress=False, **DEMO_PPO)
     seeds = tuple(seed + i for i in range(s.seeds))   # 08_ppo has three
-    runs = compare_ppo(sft, {"bt RM": rm_bt, "margin RM": rm_margin}, tok, train_prompts, eval_prompts, seeds, config)
+    runs = compare_ppo(sft, {"bt RM": rm_bt, "margin RM": rm_margin}, tok, train_prompts, eval_prompts, seeds, config,
+                       workers=s.workers)
     runs += compare_ppo(sft, {"bt RM, no KL": (rm_bt, {"kl_coef": 0.0})}, tok, train_prompts, eval_prompts, seeds[:1], config)
     summary = summarise_ppo(runs)
     bt = summary[0]
@@ -292,7 +298,8 @@ def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, s: Demo
                                            eval_every=0, eval_prompts=n_eval, progress=False, **DEMO_PPO))
     seeds = tuple(seed + i for i in range(s.seeds))   # 10_iterative has three, and four rounds
     runs = compare_iterative(sft, rm_bt, tok, tr, train_prompts, eval_prompts,
-                             {"MetaRM": {"rm_update": "metarm"}, "vanilla": {"rm_update": "vanilla"}}, seeds, config, valid=va)
+                             {"MetaRM": {"rm_update": "metarm"}, "vanilla": {"rm_update": "vanilla"}}, seeds, config,
+                             workers=s.workers, valid=va)
     summary = summarise_rounds(runs)
     last = {r["update"]: r for r in summary if r["round"] == config.rounds}
     report.add(f"## 7. Iterative RLHF with MetaRM\n\n{config.rounds} rounds from the stage-6 SFT policy and the stage-2 reward "
@@ -331,6 +338,7 @@ def run_demo(out: str | Path = "demo",  # the folder of the report, its figures,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     s = DEMO_SCALES[scale] if isinstance(scale, str) else scale
+    s = replace(s, workers=s.workers or default_workers())
     command = command or f"rmsecrets demo --out {out}{' --quick' if scale == 'quick' else ''} --seed {seed}"
     if quiet:
         import datasets, transformers
@@ -339,7 +347,8 @@ def run_demo(out: str | Path = "demo",  # the folder of the report, its figures,
     clock = StageClock()                           # seconds and FLOPs of every stage
     try:
         report = Report(out, "rmsecrets demo: reward modeling on a world with a known truth")
-        report.add(f"Command: `{command}`")
+        report.add(f"Command: `{command}`" + (f"; independent runs shared among {s.workers} processes of one thread each"
+                                             if s.workers > 1 else ""))
 
         # 1. the world
         world = load_world(save_world(WorldConfig(seed=seed, **s.world), out / "world"))

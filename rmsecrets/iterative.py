@@ -135,13 +135,15 @@ def iterate(policy,  # the SFT policy (copied)
 # %% ../nbs/10_iterative.ipynb #25f6ec11
 def compare_iterative(sft_policy, reward_model, tokenizer, pairs, prompts: list, eval_prompts: list,
                       updates: dict,  # name -> IterativeConfig overrides, e.g. {"MetaRM": {"rm_update": "metarm"}}
-                      seeds: tuple = (0, 1, 2), config: IterativeConfig = IterativeConfig(), **kwargs) -> list[dict]:
+                      seeds: tuple = (0, 1, 2), config: IterativeConfig = IterativeConfig(),
+                      workers: int = 1,  # processes the runs are shared among (`core.parallel_map`)
+                      **kwargs) -> list[dict]:
     """`iterate` for every update and seed from the same start; one row per run (the result object under "result")."""
     def run(name, overrides, seed):
         res = iterate(sft_policy, reward_model, tokenizer, pairs, prompts, replace(config, seed=seed, **overrides),
                       eval_prompts=eval_prompts, **kwargs)
         return {"rounds": res.rounds, "evals": res.evals, "result": res}
-    return run_grid(updates, seeds, run, key="name")
+    return run_grid(updates, seeds, run, key="name", workers=workers)
 
 ROUND_DIAGNOSTICS = ("ranking_vs_gold", "normalised_spread", "share_below_0.2", "spread", "validation_accuracy")
 

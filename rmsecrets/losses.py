@@ -111,6 +111,7 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
                    backbone: str = "tiny",
                    tricks: dict | None = None,  # name -> LabelTrick, for variants not in LABEL_TRICKS (e.g. an α sweep)
                    keep_models: bool = False,  # keep each run's trained model in its row (under "model")
+                   workers: int = 1,  # processes the runs are shared among (`core.parallel_map`)
                    ) -> list[dict]:
     """Train every method with every seed; one row each with the final metrics and the learning curve."""
     config = config or replace(WORLD_TRAIN, eval_every=25)
@@ -122,7 +123,8 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
         train_loss = [h["loss"] for h in res.history if "loss" in h and "event" not in h][-1]   # the method's own loss
         return {**{k: res.metrics[k] for k in ("accuracy", "accuracy_true", "accuracy_agree")}, "train_loss": train_loss,
                 "curve": curve, **({"model": res.model} if keep_models else {})}
-    return run_grid({name: (tricks or {}).get(name) or LABEL_TRICKS[name] for name in names}, seeds, run)
+    return run_grid({name: (tricks or {}).get(name) or LABEL_TRICKS[name] for name in names}, seeds, run,
+                    workers=workers)
 
 def summarise_tricks(rows: list[dict]) -> list[dict]:
     """Mean and seed-to-seed std of each method's final accuracies."""

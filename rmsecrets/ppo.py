@@ -366,14 +366,16 @@ def _append(out_dir, name, row, acc):
 # %% ../nbs/08_ppo.ipynb #be48d71a
 def compare_ppo(sft_policy, reward_models: dict,  # name -> reward model, or name -> (reward model, PPOConfig overrides)
                 tokenizer, prompts: list, eval_prompts: list,
-                seeds: tuple = (0, 1, 2), config: PPOConfig = PPOConfig(progress=False)) -> list[dict]:
+                seeds: tuple = (0, 1, 2), config: PPOConfig = PPOConfig(progress=False),
+                workers: int = 1,  # processes the runs are shared among (`core.parallel_map`)
+                ) -> list[dict]:
     """PPO from the same SFT policy on every reward model and seed; one row per run with its evaluations."""
     def run(name, spec, seed):
         rm, overrides = spec if isinstance(spec, tuple) else (spec, {})
         res = ppo(copy.deepcopy(sft_policy), rm, tokenizer, prompts, replace(config, seed=seed, **overrides),
                   eval_prompts=eval_prompts)
         return {"evals": res.evals, "history": res.history}
-    return run_grid(reward_models, seeds, run, key="name")
+    return run_grid(reward_models, seeds, run, key="name", workers=workers)
 
 PPO_KEYS = ("gold", "proxy", "kl", "spread", "length")   # what every evaluation measures
 

@@ -139,15 +139,19 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 class FlopMeter:
-    """While active (a context), the FLOPs of every nn.Linear and attention product any model runs, training counted 3×."""
+    """While active (a context), the FLOPs of every nn.Linear and attention product any model runs, training counted 3×
+    (in this process and in `core.parallel_map`'s workers)."""
     def __init__(self): self.flops = 0
 
     def __enter__(self):
         import torch
+        from rmsecrets.core import count_across_workers
         self._handle = torch.nn.modules.module.register_module_forward_hook(self._count, with_kwargs=True)
-        return self
+        return count_across_workers(self, "flops")
 
-    def __exit__(self, *exc): self._handle.remove()
+    def __exit__(self, *exc):
+        from rmsecrets.core import forget_counter
+        self._handle.remove(); forget_counter(self)
 
     def _count(self, module, args, kwargs, out):
         import torch

@@ -70,3 +70,18 @@ def test_voting_cost_quick():
     assert all(0 <= float(r[5].split()[0]) <= 1 for r in got.values())  # AUROC
     if real_data():
         assert len([r for r in rows(out, "") if "head" in r[0]]) == 3
+
+
+def test_voter_grid_quick():
+    out = run("voter_grid.py", "--kinds", "full", "oof")
+    full = rows(out, "0.5") + rows(out, "1 ")
+    assert len(full) == 4                                            # two settings × two kinds, one row each
+    assert all(0 <= float(r[3].split()[0]) <= 1 for r in full)       # AUROC, mean ± sd
+    assert out.count("most AUROC per second of those: epochs") == 2  # a choice per kind
+
+
+def test_parallel_runs_quick():
+    out = run("parallel_runs.py")
+    got = {r[0]: r for r in rows(out, "") if r[0] in ("sequential, 1 thread", "2 workers × 1 thread")}
+    assert set(got) == {"sequential, 1 thread", "2 workers × 1 thread"}
+    assert got["sequential, 1 thread"][4] == "True" and got["2 workers × 1 thread"][4] == "True"   # identical votes

@@ -139,3 +139,22 @@ def test_a_baseline_trained_once_is_the_baseline_trained_again(small):
     fresh = compare_contrastive(tr, va, va, tok, names=("bt",), seeds=(0, 1), config=cfg)
     reused = compare_contrastive(tr, va, va, tok, names=("bt",), seeds=(0, 1), config=cfg, trained=trained)
     assert reused == fresh
+
+
+def test_two_workers_give_the_rows_of_one(small):
+    "Shared among two forked processes (one thread each), a grid gives the rows one thread gives, models included."
+    from rmsecrets.contrastive import compare_contrastive
+    tok, tr, va = small
+    cfg = TrainConfig(max_steps=4, lr=3e-3, max_length=64, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = {w: compare_contrastive(tr, va, va, tok, names=("bt", "simcse"), seeds=(0,), config=cfg, keep_models=True,
+                                       workers=w) for w in (1, 2)}
+    finally:
+        torch.set_num_threads(threads)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "model"} for r in rs]
+    assert strip(rows[2]) == strip(rows[1])
+    for one, two in zip(rows[1], rows[2]):                  # the simcse model has a dropout hook, and still pickles
+        a, b = one["model"].state_dict(), two["model"].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
