@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['VOTER_TRAIN', 'STRENGTH_COLUMNS', 'strength_stats', 'StrengthConfig', 'Votes', 'fold_plan', 'vote_by_fold',
-           'train_voter', 'vote', 'annotate', 'auroc', 'spearman', 'groups', 'strength_summary', 'plot_strength',
-           'decile_experiment', 'released_strength_check']
+           'train_voter', 'vote', 'annotate', 'train_stacked', 'stacked_vote', 'auroc', 'spearman', 'groups',
+           'strength_summary', 'plot_strength', 'decile_experiment', 'released_strength_check']
 
 # %% ../nbs/04_strength.ipynb #4255cfc4
 import time
@@ -13,11 +13,16 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import get_scheduler
 from datasets import Dataset
 
 from .core import child_seed, parallel_map, run_grid
 from .model import make_reward_model
-from .train import WORLD_TRAIN, TrainConfig, evaluate, score_pairs, train_reward_model
+from .data import PairCollator
+from .train import (WORLD_TRAIN, EpochSampler, TrainConfig, bt_loss, evaluate, pair_forward, score_pairs,
+                             total_steps, train_reward_model)
 
 # %% ../nbs/04_strength.ipynb #83c72b72
 def strength_stats(chosen_scores: np.ndarray,  # [M, N] reward of each voter for each chosen response
@@ -118,6 +123,73 @@ def annotate(ds: Dataset, votes: Votes) -> Dataset:
             "margin": mean.tolist(), "strength_fold": votes.fold.tolist()}
     for name, values in cols.items(): ds = ds.add_column(name, values)
     return ds
+
+# %% ../nbs/04_strength.ipynb #2e4e58f0
+def _pad_to(batch: dict, length: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A collated batch's ids and mask, right-padded to `length` tokens."""
+    ids, mask, extra = batch["input_ids"], batch["attention_mask"], length - batch["input_ids"].shape[1]
+    return F.pad(ids, (0, extra), value=pad_token_id), F.pad(mask, (0, extra))
+
+def train_stacked(pairs: Dataset,  # tokenised pairs to train on
+                  tokenizer,  # the voters' tokenizer
+                  config: StrengthConfig,  # backbone and training settings (plain Bradley–Terry, as `train_voter`)
+                  seeds: list[int],  # one per voter: its initialisation and data order
+                  ) -> list:
+    """Train one voter per seed, all M in each step (`torch.func.vmap`); the M trained reward models."""
+    cfg, device = config.train, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.group_by_length or cfg.grad_accum != 1: raise ValueError("stacked voters take the default sampler and grad_accum=1")
+    bf16 = device.type == "cuda" and (cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and torch.cuda.is_bf16_supported()))
+    if cfg.mixed_precision == "fp16": raise ValueError("stacked voters train in fp32 or bf16, not fp16")
+    models = [make_reward_model(config.backbone, tokenizer, seed=s) for s in seeds]
+    template = models[0].to(device).train()                      # the architecture; its own weights are not used
+    names = [n for n, p in template.named_parameters() if p.requires_grad]
+    stacked = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device).requires_grad_()
+               for n in names}                                   # [M, ...] per parameter
+    total = total_steps(len(pairs), cfg, 1)
+    opt = torch.optim.AdamW(list(stacked.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)   # elementwise: M AdamWs
+    sched = get_scheduler(cfg.schedule, opt, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
+    def loss(params, ids, mask):                                 # one voter's Bradley–Terry loss on its batch
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = pair_forward(template, {"input_ids": ids, "attention_mask": mask}, params=params)
+        return bt_loss(out.r_chosen.float(), out.r_rejected.float())
+    grads_of = torch.func.vmap(torch.func.grad(loss))            # [M] parameter sets, [M] batches -> [M] gradients
+    collate, samplers = PairCollator.from_tokenizer(tokenizer), [EpochSampler(len(pairs), s) for s in seeds]
+    chosen, rejected = pairs["chosen_input_ids"], pairs["rejected_input_ids"]
+    step, epoch = 0, 0
+    while step < total:
+        for s in samplers: s.epoch = epoch
+        orders = [list(s) for s in samplers]                     # each voter's data order of this epoch
+        for start in range(0, len(pairs), cfg.batch_size):
+            batches = [collate([{"chosen_input_ids": chosen[i], "rejected_input_ids": rejected[i]}
+                                for i in order[start:start + cfg.batch_size]]) for order in orders]
+            length = max(b["input_ids"].shape[1] for b in batches)
+            ids, mask = (torch.stack(t).to(device) for t in zip(*(_pad_to(b, length, collate.pad_token_id) for b in batches)))
+            grads = grads_of(stacked, ids, mask)                 # [M, ...] per parameter
+            norm = torch.sqrt(sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values()))   # [M] each voter's norm
+            coef = (cfg.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)                          # clip_grad_norm_, per voter
+            for n, g in grads.items(): stacked[n].grad = g * coef.view(-1, *[1] * (g.dim() - 1))
+            opt.step(); sched.step(); opt.zero_grad()
+            step += 1
+            if step >= total: break
+        epoch += 1
+    with torch.no_grad():                                        # back into M ordinary models
+        for m, model in enumerate(models):
+            model.to(device)
+            for n, p in model.named_parameters():
+                if n in stacked: p.copy_(stacked[n][m])
+    return models
+
+def stacked_vote(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
+                 tokenizer,  # the voters' tokenizer
+                 config: StrengthConfig = StrengthConfig(),  # M, mode, folds, backbone, training settings
+                 ) -> Votes:
+    """`vote`, with the M voters of each fold trained together as one stacked model."""
+    def fit_and_score(train_idx, score_idx, f):
+        seeds = [child_seed(child_seed(config.seed, "fold", f), "member", m) for m in range(config.n_voters)]
+        scores = [score_pairs(model, pairs.select(score_idx), tokenizer.pad_token_id)
+                  for model in train_stacked(pairs.select(train_idx), tokenizer, config, seeds)]
+        return np.stack([s["r_chosen"] for s in scores]), np.stack([s["r_rejected"] for s in scores])
+    return vote_by_fold(len(pairs), config, fit_and_score)
 
 # %% ../nbs/04_strength.ipynb #579b27ce
 def auroc(score: np.ndarray,  # [N] higher = more likely positive

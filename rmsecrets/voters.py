@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from .core import child_seed, seeded
 from .data import PairCollator
 from .model import head_name, make_reward_model, reward_head
-from .strength import (StrengthConfig, Votes, annotate, spearman, strength_stats, strength_summary, train_voter,
+from .strength import (StrengthConfig, Votes, annotate, spearman, stacked_vote, strength_stats, strength_summary, train_voter,
                                 vote, vote_by_fold)
 from .train import BradleyTerry, TrainConfig, bt_loss, pair_forward, score_pairs, train_reward_model
 
@@ -267,7 +267,8 @@ def lora(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
 
 # %% ../nbs/04b_cheap_voters.ipynb #d8142c5f
 VOTERS = {"full": vote, "single": single, "shared-trunk": shared_trunk, "frozen-features": frozen_features,
-          "snapshots": snapshots, "lora": lora}
+          "snapshots": snapshots, "lora": lora,
+          "stacked": stacked_vote}   # the full vote's M voters, trained as one stacked model (`04_strength`)
 
 # %% ../nbs/04b_cheap_voters.ipynb #12a78921
 COMPARE_METRICS = ("auroc_wrong", "auroc_injected", "spearman_true_margin")

@@ -85,3 +85,10 @@ def test_parallel_runs_quick():
     got = {r[0]: r for r in rows(out, "") if r[0] in ("sequential, 1 thread", "2 workers × 1 thread")}
     assert set(got) == {"sequential, 1 thread", "2 workers × 1 thread"}
     assert got["sequential, 1 thread"][4] == "True" and got["2 workers × 1 thread"][4] == "True"   # identical votes
+
+
+def test_stacked_voters_quick():
+    out = run("stacked_voters.py")
+    got = {r[0]: r for r in rows(out, "") if r[0] in ("sequential (vote)", "stacked (stacked_vote)")}
+    assert set(got) == {"sequential (vote)", "stacked (stacked_vote)"}
+    assert float(got["stacked (stacked_vote)"][4]) < 1e-3      # the same voters, up to float rounding
