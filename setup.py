@@ -32,7 +32,7 @@ setuptools.setup(
     name=cfg["lib_name"],
     license=lic[0],
     classifiers=[
-        "Development Status :: " + statuses[int(cfg["status"])],
+        "Development Status :: " + statuses[int(cfg["status"]) - 1],   # status 3: "3 - Alpha"
         "Intended Audience :: " + cfg["audience"].title(),
         "Natural Language :: " + cfg["language"].title(),
     ]
@@ -41,6 +41,7 @@ setuptools.setup(
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=["rmsecrets", "rmsecrets.*"]),
     include_package_data=True,
+    package_data={"rmsecrets": ["configs/accelerate/*.yaml"]},   # the accelerate configs (`rmsecrets config NAME`)
     install_requires=requirements,
     extras_require={"dev": dev_requirements, "lora": lora_requirements},
     python_requires=">=" + cfg["min_python"],

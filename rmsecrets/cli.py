@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['add_config_args', 'config_from_args', 'cmd_world', 'add_loss_args', 'resolve_loss', 'card_sources',
            'resolve_tokenizer', 'add_grouping_arg', 'train_config', 'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength',
-           'resolve_voter', 'cmd_sft', 'cmd_ppo', 'cmd_metarm', 'cmd_iterate', 'cmd_demo', 'add_data_args',
-           'build_parser', 'run', 'main']
+           'resolve_voter', 'cmd_sft', 'cmd_ppo', 'cmd_metarm', 'cmd_iterate', 'cmd_config', 'cmd_demo',
+           'add_data_args', 'build_parser', 'run', 'main']
 
 # %% ../nbs/14_cli.ipynb #0e63d2a3
 import argparse
@@ -308,6 +308,17 @@ def cmd_iterate(args: argparse.Namespace) -> dict:
     return summary
 
 # %% ../nbs/14_cli.ipynb #62e82a58
+def cmd_config(args: argparse.Namespace) -> dict:
+    """Print the path of a shipped accelerate config (`--config_file $(rmsecrets config zero2)`), or list them all."""
+    from rmsecrets.scale import ACCELERATE_CONFIGS, accelerate_config
+    if args.name is None:
+        for name in ACCELERATE_CONFIGS: print(f"{name:11} {accelerate_config(name)}")
+        return {name: str(accelerate_config(name)) for name in ACCELERATE_CONFIGS}
+    try: path = accelerate_config(args.name)
+    except ValueError as e: raise SystemExit(str(e))
+    print(path)
+    return {"path": str(path)}
+
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Run every stage of the paper on the world; report.md, figures and metrics.json in `--out` (`13_demo`)."""
     from rmsecrets.demo import run_demo
@@ -416,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(it, TrainConfig, defaults=IterativeConfig().rm, prefix="rm-", skip=("seed",))   # seeded per round
     add_config_args(it, PPOConfig, defaults=IterativeConfig().ppo, prefix="ppo-", skip=("seed",))
     it.set_defaults(func=cmd_iterate)
+
+    config = sub.add_parser("config", help="print the path of a shipped accelerate config (for accelerate launch --config_file)")
+    config.add_argument("name", nargs="?", help="single_gpu, ddp, zero2, zero3 or fsdp; none: list them")
+    config.set_defaults(func=cmd_config)
 
     demo = sub.add_parser("demo", help="run the paper on the world and write report.md with plots (the main job)")
     demo.add_argument("--out", default="demo", help="folder for the report, plots and every stage's artefacts")

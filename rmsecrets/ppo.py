@@ -238,7 +238,7 @@ def ppo(policy,  # the SFT policy (trained in place)
     if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise NotImplementedError(f"ppo prepares two models with optimisers of their own and no data loader, which "
                                   f"{acc.distributed_type.value} does not take: run it under DDP "
-                                  f"(configs/accelerate/ddp.yaml), with LoRA (lora_r > 0) for large models")
+                                  f"(`rmsecrets config ddp`), with LoRA (lora_r > 0) for large models")
     set_seed(config.seed)
     tune_allocator()                                                                        # 00_core
     rm_tokenizer, pad = rm_tokenizer or tokenizer, tokenizer.pad_token_id

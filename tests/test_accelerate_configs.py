@@ -6,7 +6,7 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.commands.launch import launch_command_parser
 from accelerate.utils import DistributedType
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+CONFIGS = Path(__file__).resolve().parents[1] / "rmsecrets" / "configs" / "accelerate"
 EXPECTED = {  # file -> (distributed_type, num_processes)
     "single_gpu.yaml": (DistributedType.NO, 1),
     "ddp.yaml": (DistributedType.MULTI_GPU, 8),
@@ -62,3 +62,33 @@ def test_accelerate_launch_accepts_the_config(name):
         kind == DistributedType.DEEPSPEED, kind == DistributedType.FSDP, kind == DistributedType.MULTI_GPU)
     if kind == DistributedType.DEEPSPEED:
         assert args.zero_stage == load_config_from_file(str(CONFIGS / name)).deepspeed_config["zero_stage"]
+
+
+def test_configs_by_name_and_from_the_command_line():
+    import subprocess
+    from rmsecrets.scale import ACCELERATE_CONFIGS, accelerate_config
+    assert sorted(f"{n}.yaml" for n in ACCELERATE_CONFIGS) == sorted(EXPECTED)
+    assert all(accelerate_config(n) == CONFIGS / f"{n}.yaml" for n in ACCELERATE_CONFIGS)
+    done = subprocess.run(["rmsecrets", "config", "zero2"], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(CONFIGS / "zero2.yaml")
+    bad = subprocess.run(["rmsecrets", "config", "zero4"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "zero3" in bad.stderr
+
+
+def test_the_wheel_carries_the_configs_and_says_alpha(tmp_path):
+    """`pip install` of the built wheel alone gives the configs: they are package data, beside the modules."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    src = tmp_path / "src"                      # a clean copy: no stale build/ folder can supply a file
+    shutil.copytree(Path(__file__).resolve().parents[1], src,
+                    ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "nbs", "tests", "benchmarks", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("rmsecrets-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert sorted(n for n in names if n.startswith("rmsecrets/configs/accelerate/")) == \
+        sorted(f"rmsecrets/configs/accelerate/{n}" for n in EXPECTED)
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "Development Status :: 3 - Alpha" in metadata
