@@ -10,6 +10,7 @@ __all__ = ['LLAMA2_7B', 'GPUS', 'ACCELERATE_CONFIGS', 'ModelShape', 'Setup', 'st
 # %% ../nbs/11_scale.ipynb #38fc40c0
 import argparse
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 # %% ../nbs/11_scale.ipynb #b56f1706
@@ -272,10 +273,9 @@ def apply_scale_args(model, args):
 ACCELERATE_CONFIGS = ("single_gpu", "ddp", "zero2", "zero3", "fsdp")   # configs/accelerate/<name>.yaml in the package
 
 def accelerate_config(name: str,  # one of ACCELERATE_CONFIGS (".yaml" may be added)
-                      ) -> "Path":
+                      ) -> Path:
     """The path of a shipped `accelerate` config, for `accelerate launch --config_file`."""
     from importlib.resources import files
-    from pathlib import Path
     stem = name.removesuffix(".yaml")
     if stem not in ACCELERATE_CONFIGS: raise ValueError(f"no accelerate config {name!r}; choose one of {list(ACCELERATE_CONFIGS)}")
     return Path(str(files("rmsecrets") / "configs" / "accelerate" / f"{stem}.yaml"))   # package data, beside the modules
