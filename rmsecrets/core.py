@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -134,7 +135,7 @@ def _run_item(i: int):
 
 def default_workers() -> int:
     """Processes `parallel_map` can use here: the usable cores on a Linux CPU run, else 1."""
-    if torch.cuda.is_available() or "fork" not in multiprocessing.get_all_start_methods(): return 1
+    if torch.cuda.is_available() or not sys.platform.startswith("linux"): return 1   # fork is safe on Linux alone
     if int(os.environ.get("WORLD_SIZE", "1")) > 1: return 1     # under `accelerate launch`: one run per rank
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -145,10 +146,10 @@ def parallel_map(fn: Callable,  # fn(item) -> result (anything picklable)
     """[fn(x) for x in items], in `workers` forked processes of one torch thread each when workers > 1."""
     global _TASK, _ITEMS
     items = list(items)
-    if workers <= 1 or len(items) <= 1 or _IN_WORKER or "fork" not in multiprocessing.get_all_start_methods():
+    if workers <= 1 or len(items) <= 1 or _IN_WORKER or not sys.platform.startswith("linux"):
         return [fn(x) for x in items]
     if torch.cuda.is_initialized(): raise RuntimeError("parallel_map forks, and CUDA cannot run in a forked process: use workers=1")
-    if torch.distributed.is_initialized(): raise RuntimeError("parallel_map forks, which a distributed run's ranks must not: use workers=1")
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): raise RuntimeError("parallel_map forks, which a distributed run's ranks must not: use workers=1")
     _TASK, _ITEMS = fn, items
     try:
         with multiprocessing.get_context("fork").Pool(min(workers, len(items)), initializer=_worker_start) as pool:
