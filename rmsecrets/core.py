@@ -148,8 +148,10 @@ def parallel_map(fn: Callable,  # fn(item) -> result (anything picklable)
     items = list(items)
     if workers <= 1 or len(items) <= 1 or _IN_WORKER or not sys.platform.startswith("linux"):
         return [fn(x) for x in items]
-    if torch.cuda.is_initialized(): raise RuntimeError("parallel_map forks, and CUDA cannot run in a forked process: use workers=1")
-    if torch.distributed.is_available() and torch.distributed.is_initialized(): raise RuntimeError("parallel_map forks, which a distributed run's ranks must not: use workers=1")
+    if torch.cuda.is_initialized():
+        raise RuntimeError("parallel_map forks, and CUDA cannot run in a forked process: use workers=1")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise RuntimeError("parallel_map forks, which a distributed run's ranks must not: use workers=1")
     _TASK, _ITEMS = fn, items
     try:
         with multiprocessing.get_context("fork").Pool(min(workers, len(items)), initializer=_worker_start) as pool:
