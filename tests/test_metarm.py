@@ -80,6 +80,8 @@ loss = MetaRM(meta["input_ids"], meta["attention_mask"], k=5, eta=0.5, prompts_p
 m = train_reward_model(make_reward_model("tiny", tok, seed=0), tok, pairs, loss_fn=loss, accelerator=acc,
                        config=TrainConfig(batch_size=batch_size, max_steps=3, lr=1e-3, max_length=64, progress=False)).model
 torch.save({n: p.detach().clone() for n, p in m.named_parameters()}, f"{out}/rank{acc.process_index}_of_{acc.num_processes}.pt")
+acc.wait_for_everyone()
+if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()   # as cli.main: no gloo abort at exit
 '''
 
 
