@@ -3,7 +3,7 @@
 PYTHON ?= python3
 OUT ?= demo
 
-.PHONY: install demo test
+.PHONY: install demo test notebooks docs
 
 install:  ## torch first (an unpinned torch pulls GB of CUDA packages), then the package with its dev extra
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
@@ -16,3 +16,6 @@ demo: install  ## the main job
 
 test: install  ## notebooks and package in sync, notebooks run, no undefined names, then pytest
 	bash scripts/test.sh
+
+notebooks: install  ## re-execute the lessons in place: fast cells; SLOW=1 adds the slow experiments; NB="05_label_tricks ..." picks some
+	$(PYTHON) scripts/notebooks.py $(if $(SLOW),--slow) $(NB)
