@@ -25,6 +25,7 @@ py_versions = "3.10 3.11 3.12 3.13".split()
 requirements = cfg.get("requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
 lora_requirements = cfg.get("lora_requirements", "").split()
+course_requirements = cfg.get("course_requirements", "").split()
 min_python = cfg["min_python"]
 lic = licenses.get(cfg["license"].lower(), (cfg["license"], None))
 
@@ -43,7 +44,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={"rmsecrets": ["configs/accelerate/*.yaml"]},   # the accelerate configs (`rmsecrets config NAME`)
     install_requires=requirements,
-    extras_require={"dev": dev_requirements, "lora": lora_requirements},
+    extras_require={"dev": dev_requirements, "lora": lora_requirements, "course": course_requirements},
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['DEMO_SCALES', 'DEMO_PPO', 'PAPER_STRENGTH', 'fmt_ms', 'DemoScale', 'Report', 'table', 'verdict', 'versus_text',
-           'StageClock', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'demo_ppo', 'demo_iterative',
-           'run_demo']
+           'StageClock', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'over_optimisation', 'demo_ppo',
+           'demo_iterative', 'run_demo']
 
 # %% ../nbs/13_demo.ipynb #b0c4c23b
 import time
@@ -99,6 +99,8 @@ def verdict(diff: float,  # a variant's gain over its baseline
 def versus_text(a: dict, b: dict, key: str) -> str:
     """'+0.12 (seed spread 0.05: beyond it)' for a[key] − b[key], the spread combining both rows' seed spreads."""
     v = versus(a, b, key)
+    if min(a.get("seeds", 2), b.get("seeds", 2)) < 2:               # one seed: a spread of 0 judges nothing
+        return f"{v['diff']:+.3f} (one seed, so no spread to judge by)"
     return f"{v['diff']:+.3f} (seed spread {v['spread']:.3f}: {'beyond' if v['beyond'] else 'within'} it)"
 
 fmt_ms = lambda r, k: f"{r[k]:.3f} ± {r[k + '_std']:.3f}"   # "mean ± std" of a `mean_std` row
@@ -245,6 +247,13 @@ def demo_contrastive(report: Report, train, valid, tok, s: DemoScale, seed: int,
     return {"summary": summary, "best": best["method"]}
 
 # %% ../nbs/13_demo.ipynb #7342cd2c
+def over_optimisation(r: dict) -> str:
+    """What the run without the KL penalty did to the proxy and the gold reward, in words that follow its numbers."""
+    proxy, gold = r["proxy"] - r["proxy_start"], r["gold"] - r["gold_start"]
+    said = f"Without the KL penalty the proxy reward moved by {proxy:+.2f} and the gold reward by {gold:+.2f}"
+    if proxy > 0 and gold < 0: return said + ": the policy exploits what the reward model cannot see."
+    return said + ": no over-optimisation showed in this run."
+
 def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Path, s: DemoScale, seed: int, command: str) -> dict:
     """Demo stage: SFT, then PPO-max on two reward models (gold reward tracked), and β = 0 for over-optimisation."""
     import matplotlib.pyplot as plt
@@ -264,7 +273,7 @@ def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Pat
                        workers=s.workers)
     runs += compare_ppo(sft, {"bt RM, no KL": (rm_bt, {"kl_coef": 0.0})}, tok, train_prompts, eval_prompts, seeds[:1], config)
     summary = summarise_ppo(runs)
-    bt = summary[0]
+    bt, nokl = summary[0], next(r for r in summary if r["name"] == "bt RM, no KL")
     judged = verdict(bt["gold_gain"], bt["gold_gain_std"], len(seeds), "raises", "does not clearly raise", "changes")
     report.add("## 6. The policy: SFT and PPO-max\n\nA tiny causal LM fine-tuned on the world's demonstrations, then "
                f"PPO-max for {config.iterations} iterations (β = {config.kl_coef}, seeds {', '.join(map(str, seeds))}) on the "
@@ -278,9 +287,7 @@ def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Pat
                      "spread: SFT → end": f"{r['spread_start']:.3f} → {r['spread']:.3f}",
                      "length: SFT → end": f"{r['length_start']:.1f} → {r['length']:.1f}"} for r in summary])
                + f"\n\nPPO on the baseline reward model {judged} the gold reward over the SFT policy: "
-               f"{bt['gold_gain']:+.2f} against a seed-to-seed std of {bt['gold_gain_std']:.2f}. Without the KL penalty the "
-               "proxy reward keeps rising while the gold reward falls: the policy exploits what the reward model "
-               "cannot see.")
+               f"{bt['gold_gain']:+.2f} against a seed-to-seed std of {bt['gold_gain_std']:.2f}. " + over_optimisation(nokl))
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.3)); plot_ppo(runs, axes); plt.tight_layout()
     report.figure(fig, "ppo", "PPO-max: gold and proxy reward, KL to the SFT policy, and the reward spread among samples")
     return {"summary": summary, "verdict": judged, "sft": sft}

@@ -81,31 +81,47 @@ def execute_one(path: Path, slow: bool) -> None:
     """Run one notebook in this process and write its outputs back (the child side of `execute`)."""
     from execnb.nbio import read_nb
     from execnb.shell import CaptureShell
+    from fastcore.basics import AttrDict
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
     os.environ.pop("IN_TEST", None)
     if slow: os.environ["RMSECRETS_RUN_SLOW"] = "1"
     nb = read_nb(path)
-    ran = {}
+    ran = set()                                               # the cells executed (by identity)
 
     def skip(cell):                                           # execnb's preproc: True skips the cell
         if cell.cell_type != "code": return True
         d = directives(cell.source)
         if ("slow" in d and not slow) or "eval:" in d and "false" in d: return True
         cell.outputs = []                                     # execnb keeps old outputs when a cell prints nothing
-        ran[cell.idx_] = cell
+        ran.add(id(cell))
         return False
 
-    shell = CaptureShell(path, mpl_format="png")
+    class Shell(CaptureShell):
+        """execnb's shell, except that a cell ending in ";" keeps its printed output, as in Jupyter (execnb
+        drops it; the ";" should only hide the value of the last expression). execnb<0.2's `_run`, so changed."""
+        def _run(self, raw_cell, store_history=False, silent=False, shell_futures=True, cell_id=None,
+                 stdout=True, stderr=True, display=True, verbose=False):
+            with capture_output(display=display, stdout=stdout and not verbose, stderr=stderr and not verbose) as c:
+                result = InteractiveShell.run_cell(self, raw_cell, store_history, silent,
+                                                   shell_futures=shell_futures, cell_id=cell_id)
+            return AttrDict(result=result, stdout=c.stdout, stderr=c.stderr, display_objects=c.outputs,
+                            exception=result.error_in_exec or result.error_before_exec,
+                            quiet=raw_cell.rstrip().endswith(";"))
+
+    shell = Shell(path, mpl_format="png")
     shell.run_cell("import matplotlib; matplotlib.rcParams['figure.dpi'] = 80")   # small PNGs
     os.chdir(path.parent)
     shell.run_all(nb, exc_stop=True, preproc=skip)
+    executed = [c for c in nb.cells if c.cell_type == "code"]
 
-    with _locked():                                       # merge into the file as it is now
-        disk = json.loads(path.read_text())
-        if [s for s, _ in code_cells(disk)] != [c.source for c in nb.cells if c.cell_type == "code"]:
+    with _locked():                                           # merge into the file as it is now: markdown cells
+        disk = json.loads(path.read_text())                   # may have been added or edited meanwhile
+        if [s for s, _ in code_cells(disk)] != [c.source for c in executed]:
             raise SystemExit(f"{path}: its code changed while it ran; run it again")
-        for i, c in enumerate(disk["cells"]):
-            if i in ran:
-                c["outputs"] = [dict(o) for o in ran[i].outputs]
+        for c, run in zip([c for c in disk["cells"] if c["cell_type"] == "code"], executed):
+            if id(run) in ran:
+                c["outputs"] = [dict(o) for o in run.outputs]
                 c["execution_count"] = None
         hashes, old = code_hashes(disk), disk["metadata"].get(META, {})
         disk["metadata"][META] = {"fast": hashes["fast"], "slow": hashes["slow"] if slow else old.get("slow")}

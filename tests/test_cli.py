@@ -151,3 +151,19 @@ def test_loss_flags_are_generated_from_the_dataclasses():
     mr = build_parser().parse_args(["metarm", "--data", "w", "--policy", "p", "--reward-model", "r", "--out", "o",
                                     "--prompts-per-step", "4", "--loss", "margin"])
     assert mr.prompts_per_step == 4 and mr.loss == "margin"
+
+
+def test_one_seed_gives_no_verdict():
+    """A spread of zero from one seed judges nothing: the report must not call a one-seed difference 'beyond' it."""
+    from rmsecrets.demo import versus_text
+    one = lambda x: {"seeds": 1, "gold": x, "gold_std": 0.0}
+    assert versus_text(one(1.0), one(0.5), "gold") == "+0.500 (one seed, so no spread to judge by)"
+    two = lambda x: {"seeds": 2, "gold": x, "gold_std": 0.1}
+    assert versus_text(two(1.0), two(0.5), "gold") == "+0.500 (seed spread 0.141: beyond it)"
+
+
+def test_the_no_kl_sentence_follows_the_numbers():
+    from rmsecrets.demo import over_optimisation
+    run = lambda proxy, gold: {"proxy_start": 1.0, "proxy": proxy, "gold_start": 1.5, "gold": gold}
+    assert over_optimisation(run(2.0, 0.5)).endswith("exploits what the reward model cannot see.")
+    assert over_optimisation(run(2.0, 1.8)).endswith("no over-optimisation showed in this run.")

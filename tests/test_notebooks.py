@@ -1,0 +1,101 @@
+"""The lessons as committed: executed by the current code, with figures, no errors, no progress-bar noise, and the
+teaching apparatus every lesson has (objectives, the paper linked, what we saw, exercises with solutions, next)."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import notebooks  # noqa: E402
+
+NBS = sorted((ROOT / "nbs").glob("*.ipynb"))
+LESSONS = [p for p in NBS if p.stem != "index"]
+
+
+def load(p: Path) -> dict:
+    return json.loads(p.read_text())
+
+
+def markdown(nb: dict) -> list[str]:
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+
+
+def outputs(nb: dict):
+    for c in nb["cells"]:
+        if c["cell_type"] == "code":
+            for o in c.get("outputs", []):
+                yield "".join(c["source"]), o
+
+
+@pytest.mark.parametrize("path", NBS, ids=lambda p: p.stem)
+def test_outputs_are_current(path):
+    """The outputs come from the code as it is: `make notebooks` (and `SLOW=1`) after changing a notebook's code."""
+    problems = notebooks.stale(load(path))
+    assert not problems, f"{path.name}: {'; '.join(problems)} — run `make notebooks NB={path.stem}" + \
+        (" SLOW=1`" if any("slow" in p for p in problems) else "`")
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_outputs_are_clean(path):
+    nb = load(path)
+    for src, o in outputs(nb):
+        assert o["output_type"] != "error", f"{path.name}: a cell failed: {src[:80]!r}"
+        text = "".join(o.get("text", ""))
+        assert "\r" not in text and not re.search(r"\d+it/s\]|\|█", text), f"{path.name}: progress bars in {src[:60]!r}"
+    plots = [c for c in nb["cells"] if c["cell_type"] == "code" and re.search(r"\bplot\w*\(|\bplt\.", "".join(c["source"]))
+             and not notebooks.directives("".join(c["source"])) & notebooks.EXPORT]   # the lesson's own cells plot
+    images = [o for _, o in outputs(nb) if "image/png" in o.get("data", {})]
+    if plots: assert images, f"{path.name} plots its experiments but stores no figure"
+    assert any(True for _ in outputs(nb)), f"{path.name} has no outputs: run `make notebooks NB={path.stem}`"
+
+
+def test_notebooks_stay_small():
+    total = sum(p.stat().st_size for p in NBS)
+    assert total < 15e6, f"nbs/ holds {total / 1e6:.1f} MB of notebooks (at most 15): smaller figures"
+
+
+def test_staleness_is_detected():
+    nb = load(ROOT / "nbs/05_label_tricks.ipynb")
+    nb["metadata"]["rmsecrets"] = notebooks.code_hashes(nb)       # as a run of its code leaves it
+    assert notebooks.stale(nb) == []
+    fast = next(c for c in nb["cells"] if c["cell_type"] == "code" and "slow" not in notebooks.directives("".join(c["source"])))
+    fast["source"] = ["x = 1  # edited\n"] + fast["source"]
+    assert notebooks.stale(nb) == ["fast cells changed since their outputs were made"]
+    nb["metadata"]["rmsecrets"] = notebooks.code_hashes(nb)
+    slow = next(c for c in nb["cells"] if c["cell_type"] == "code" and "slow" in notebooks.directives("".join(c["source"])))
+    slow["source"] = slow["source"] + ["\n# edited"]
+    assert len(notebooks.stale(nb)) == 1 and "slow" in notebooks.stale(nb)[0]   # a slow edit asks for SLOW=1 only
+    del nb["metadata"]["rmsecrets"]
+    assert len(notebooks.stale(nb)) == 2                            # never executed: both are stale
+
+
+# --- the teaching apparatus of every lesson
+
+def headings(nb: dict) -> list[str]:
+    return [line for m in markdown(nb) for line in m.splitlines() if line.startswith("## ")]
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_lesson_apparatus(path):
+    nb = load(path)
+    h = headings(nb)
+    assert "".join(nb["cells"][1]["source"]).startswith("## Learning objectives"), f"{path.name}: objectives first"
+    for name in ("## What we saw", "## Exercises", "## Next", "## Notes"):
+        assert name in h, f"{path.name} has no '{name}' section"
+    assert h.index("## What we saw") < h.index("## Exercises") < h.index("## Next") < h.index("## Notes") == len(h) - 1
+    text = "\n".join(markdown(nb))
+    exercises = text[text.index("## Exercises"):text.index("## Next")]
+    assert exercises.count("<details><summary>Solution</summary>") >= 3, f"{path.name}: three exercises with solutions"
+    assert exercises.count("<details>") == exercises.count("</details>")
+
+
+@pytest.mark.parametrize("path", NBS, ids=lambda p: p.stem)
+def test_paper_sections_are_linked(path):
+    """Every "§" in a lesson's prose is inside the text of a link to the paper on arXiv."""
+    for m in markdown(load(path)):
+        m = re.sub(r"```.*?```|`[^`]*`", "", m, flags=re.S)
+        unlinked = re.sub(r"\[[^\]]*\]\(https://arxiv\.org/abs/\d{4}\.\d{5}[^)]*\)", "", m)
+        assert "§" not in unlinked, f"{path.name}: an unlinked §: {unlinked[max(0, unlinked.index('§') - 60):][:120]!r}"
