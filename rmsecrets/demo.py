@@ -96,10 +96,12 @@ def verdict(diff: float,  # a variant's gain over its baseline
     if seeds == 1: return f"(one seed, so no spread to judge by) {one_seed}"
     return yes if diff > spread else no
 
-def versus_text(a: dict, b: dict, key: str) -> str:
+def versus_text(a: dict, b: dict, key: str,
+                seeds: int | None = None,  # seeds behind each row (default: the rows' own "seeds")
+                ) -> str:
     """'+0.12 (seed spread 0.05: beyond it)' for a[key] − b[key], the spread combining both rows' seed spreads."""
     v = versus(a, b, key)
-    if min(a.get("seeds", 2), b.get("seeds", 2)) < 2:               # one seed: a spread of 0 judges nothing
+    if (seeds or min(a.get("seeds", 2), b.get("seeds", 2))) < 2:    # one seed: a spread of 0 judges nothing
         return f"{v['diff']:+.3f} (one seed, so no spread to judge by)"
     return f"{v['diff']:+.3f} (seed spread {v['spread']:.3f}: {'beyond' if v['beyond'] else 'within'} it)"
 
@@ -321,10 +323,10 @@ def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, s: Demo
                      "normalised \\|Δr\\|": f"{r['normalised_spread']:.3f} ± {r['normalised_spread_std']:.3f}" if r["round"] else "",
                      "validation accuracy": f"{r['validation_accuracy']:.3f} ± {r['validation_accuracy_std']:.3f}" if r["round"] else ""}
                     for r in summary])
-               + f"\n\nAfter the last round, MetaRM minus the control: gold reward {versus_text(last['MetaRM'], last['vanilla'], 'gold')}; "
-               f"ranking accuracy against gold on the policy's samples {versus_text(last['MetaRM'], last['vanilla'], 'ranking_vs_gold')}; "
-               f"normalised |Δr| {versus_text(last['MetaRM'], last['vanilla'], 'normalised_spread')}; validation accuracy "
-               f"{versus_text(last['MetaRM'], last['vanilla'], 'validation_accuracy')}.")
+               + f"\n\nAfter the last round, MetaRM minus the control: gold reward {versus_text(last['MetaRM'], last['vanilla'], 'gold', len(seeds))}; "
+               f"ranking accuracy against gold on the policy's samples {versus_text(last['MetaRM'], last['vanilla'], 'ranking_vs_gold', len(seeds))}; "
+               f"normalised |Δr| {versus_text(last['MetaRM'], last['vanilla'], 'normalised_spread', len(seeds))}; validation accuracy "
+               f"{versus_text(last['MetaRM'], last['vanilla'], 'validation_accuracy', len(seeds))}.")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.3))
     plot_rounds(runs, a1)
     plot_differences({name: np.concatenate([final_differences(r, tok, eval_prompts) for r in runs if r["name"] == name])

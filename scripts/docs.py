@@ -42,7 +42,7 @@ MATHJAX_CONFIG = """window.MathJax = {
 
 
 EXTRA_CSS = """/* nbdev_clean clears execution counts: the empty "In [ ]:" prompts only take room */
-.jp-InputPrompt, .jp-OutputPrompt { display: none; }
+.jupyter-wrapper .jp-InputPrompt, .jupyter-wrapper .jp-OutputPrompt { display: none !important; }
 .jupyter-wrapper .jp-Cell { padding-left: 0; }
 """
 
@@ -139,8 +139,8 @@ def write_sources() -> list:
     """Fill _docs/src with the pages; return MkDocs' nav."""
     if SRC.exists(): shutil.rmtree(SRC)
     SRC.mkdir(parents=True)
-    lessons = []
-    for stem in ["index"] + lesson_order():
+    lessons, order = [], lesson_order()
+    for stem in ["index"] + order:
         nb = json.loads((ROOT / "nbs" / f"{stem}.ipynb").read_text())
         for c in nb["cells"]:
             m = re.match(r"#\|\s*default_exp\s+(\S+)", "".join(c["source"]))
@@ -148,7 +148,8 @@ def write_sources() -> list:
         (SRC / f"{stem}.ipynb").write_text(json.dumps(strip_directives(nb), ensure_ascii=False))
         if stem != "index": lessons.append({f"{stem}: {title_of(nb)}": f"{stem}.ipynb"})
     (SRC / "api").mkdir()
-    modules = sorted(p.stem for p in (ROOT / "rmsecrets").glob("*.py") if not p.stem.startswith("_"))
+    modules = sorted((p.stem for p in (ROOT / "rmsecrets").glob("*.py") if not p.stem.startswith("_")),
+                     key=lambda m: (order.index(lesson_of[m]) if m in lesson_of else len(order), m))   # as the lessons build them
     for m in modules: (SRC / "api" / f"{m}.md").write_text(api_page(m))
     (SRC / "api" / "index.md").write_text("# API reference\n\nOne page per module of the package, in the order "
         "the lessons build it. Each public function and class: its signature, its docstring, and a table of its "

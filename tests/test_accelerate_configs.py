@@ -83,7 +83,7 @@ def test_the_wheel_carries_the_configs_and_says_alpha(tmp_path):
     import zipfile
     src = tmp_path / "src"                      # a clean copy: no stale build/ folder can supply a file
     shutil.copytree(Path(__file__).resolve().parents[1], src,
-                    ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "nbs", "tests", "benchmarks", "__pycache__"))
+                    ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "nbs", "tests", "benchmarks", "_docs", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("rmsecrets-*.whl")

@@ -167,3 +167,9 @@ def test_the_no_kl_sentence_follows_the_numbers():
     run = lambda proxy, gold: {"proxy_start": 1.0, "proxy": proxy, "gold_start": 1.5, "gold": gold}
     assert over_optimisation(run(2.0, 0.5)).endswith("exploits what the reward model cannot see.")
     assert over_optimisation(run(2.0, 1.8)).endswith("no over-optimisation showed in this run.")
+
+
+def test_rows_without_a_seed_count_take_it_from_the_caller():
+    from rmsecrets.demo import versus_text
+    row = lambda x: {"gold": x, "gold_std": 0.0}                   # summarise_rounds' rows carry no "seeds"
+    assert versus_text(row(1.0), row(0.5), "gold", seeds=1) == "+0.500 (one seed, so no spread to judge by)"

@@ -13,6 +13,8 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import notebooks  # noqa: E402
 NBS = sorted((ROOT / "nbs").glob("*.ipynb"))
 TORCH = "torch==2.13.0"                        # as in the Makefile: an unpinned torch pulls GB of CUDA packages
 
@@ -88,5 +90,5 @@ def test_notebooks_run_from_a_fresh_install(tmp_path):
     failed = {Path(r["path"]).name: r["error"] for r in results if r["error"]}
     assert not failed, failed
     skipped = {Path(r["path"]).name for r in results if any("slow experiment skipped" in t for t in r["texts"])}
-    with_slow = {p.name for p in NBS if '"#| slow' in p.read_text()}
+    with_slow = {p.name for p in NBS if any("slow" in d for _, d in notebooks.code_cells(json.loads(p.read_text())))}
     assert skipped == with_slow                # "Run all" ran no slow experiment
