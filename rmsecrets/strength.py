@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['VOTER_TRAIN', 'STRENGTH_COLUMNS', 'strength_stats', 'StrengthConfig', 'Votes', 'fold_plan', 'vote_by_fold',
-           'train_voter', 'vote', 'annotate', 'train_stacked', 'stacked_vote', 'auroc', 'spearman', 'groups',
-           'strength_summary', 'plot_strength', 'decile_experiment', 'released_strength_check']
+           'train_voter', 'vote', 'annotate', 'train_stacked', 'stacked_vote', 'average_ranks', 'auroc', 'spearman',
+           'groups', 'strength_summary', 'plot_strength', 'decile_experiment', 'released_strength_check']
 
 # %% ../nbs/04_strength.ipynb #4255cfc4
 import time
@@ -192,6 +192,12 @@ def stacked_vote(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
     return vote_by_fold(len(pairs), config, fit_and_score)
 
 # %% ../nbs/04_strength.ipynb #579b27ce
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..N of `x`, tied values sharing the mean of the ranks they span."""
+    _, inverse, counts = np.unique(np.asarray(x, np.float64), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)                                         # the highest rank each distinct value spans
+    return (last - (counts - 1) / 2)[inverse.reshape(-1)]
+
 def auroc(score: np.ndarray,  # [N] higher = more likely positive
           positive: np.ndarray,  # [N] bool
           ) -> float:
@@ -199,17 +205,12 @@ def auroc(score: np.ndarray,  # [N] higher = more likely positive
     score, positive = np.asarray(score, np.float64), np.asarray(positive, bool)
     n_pos, n_neg = positive.sum(), (~positive).sum()
     if n_pos == 0 or n_neg == 0: return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score)); ranks[order] = np.arange(1, len(score) + 1)
-    for v in np.unique(score[np.r_[np.diff(np.sort(score)) == 0, False].nonzero()[0]] if len(score) > 1 else []):
-        ranks[score == v] = ranks[score == v].mean()                 # average ranks of ties
-    # Mann–Whitney U / (n_pos · n_neg)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    # Mann–Whitney U / (n_pos · n_neg), from the average ranks
+    return float((average_ranks(score)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation."""
-    rank = lambda x: np.argsort(np.argsort(x, kind="mergesort"), kind="mergesort").astype(np.float64)
-    return float(np.corrcoef(rank(np.asarray(a)), rank(np.asarray(b)))[0, 1])
+    """Spearman rank correlation (ties take average ranks)."""
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
 # %% ../nbs/04_strength.ipynb #a25ce673
 def groups(order_by: np.ndarray, n_groups: int = 20) -> list[np.ndarray]:

@@ -124,12 +124,18 @@ def test_summary_against_a_constructed_truth():
     assert s["spearman_true_margin"] == pytest.approx(1.0)
 
 
-def test_auroc_matches_scikit_learn():
-    sk = pytest.importorskip("sklearn.metrics")
+def test_auroc_and_spearman_match_scikit_learn_and_scipy_on_tied_inputs():
+    from scipy.stats import spearmanr                              # both in the dev extra: this test always runs
+    from sklearn.metrics import roc_auc_score
     rng = np.random.default_rng(3)
     y = rng.random(300) < 0.3
     s = np.round(rng.normal(size=300) + y, 1)                                       # with ties
-    assert S.auroc(s, y) == pytest.approx(sk.roc_auc_score(y, s))
+    assert S.auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    for _ in range(300):                                           # small inputs, many ties
+        n = int(rng.integers(3, 12))
+        a, b, y = rng.integers(0, 4, n).astype(float), rng.integers(0, 3, n).astype(float), rng.random(n) < 0.5
+        if 0 < y.sum() < n: assert S.auroc(a, y) == pytest.approx(roc_auc_score(y, a))
+        if len(set(a)) > 1 and len(set(b)) > 1: assert S.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
 
 
 def test_released_layout_recomputes_stored_strength(tmp_path):
