@@ -119,7 +119,7 @@ BAD = [  # (id, good row, changes, field, reason)
     ("turns-type", GOOD_TURNS, {"chosen": ["hi", "hello", "bye", 7]}, "chosen", "wrong type"),
     ("turns-not-assistant", GOOD_TURNS, {"chosen": ["hi", "hello", "bye"], "rejected": ["hi", "hello", "bye"]}, "chosen", "response is not an assistant turn"),
     ("msgs-prompt", GOOD_MSGS, {"rejected": [M("user", "hey"), M("assistant", "go")]}, "prompt", "differs between chosen and rejected"),
-    ("msgs-role", GOOD_MSGS, {"chosen": [M("user", "hi"), M("robot", "hello")]}, "chosen", "response is not an assistant turn"),
+    ("msgs-role", GOOD_MSGS, {"chosen": [M("user", "hi"), M("user", "hello")]}, "chosen", "response is not an assistant turn"),
     ("msgs-unknown-role", GOOD_MSGS, {"prompt": [M("wizard", "hi")], "chosen": [M("assistant", "a")], "rejected": [M("assistant", "b")]}, "prompt", "unknown role"),
     ("msgs-empty", GOOD_MSGS, {"chosen": [M("user", "hi"), M("assistant", "  ")]}, "chosen", "empty response"),
 ]
