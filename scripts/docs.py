@@ -98,12 +98,12 @@ def _cell(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
-def api_page(module: str) -> str:
+def api_page(module: str, lesson: str | None) -> str:
     """Markdown for one module: its docstring, then each public name with signature, docstring and parameters."""
     from fastcore.docments import docments
     mod = importlib.import_module(f"rmsecrets.{module}")
     out = [f"# rmsecrets.{module}\n", (mod.__doc__ or "").strip() + "\n",
-           f"Taught in the lesson [{module}]({lesson_of.get(module, 'index')}.ipynb).\n" if module in lesson_of else ""]
+           f"Taught in the lesson [{lesson}](../{lesson}.ipynb).\n" if lesson else ""]
     for name in getattr(mod, "__all__", []):
         obj = getattr(mod, name)
         if not (inspect.isfunction(obj) or inspect.isclass(obj)):
@@ -126,9 +126,6 @@ def api_page(module: str) -> str:
     return "\n".join(out)
 
 
-lesson_of: dict = {}     # module -> notebook stem (filled from the notebooks' default_exp)
-
-
 def readme_section(title: str) -> str:
     text = (ROOT / "README.md").read_text()
     m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, flags=re.M | re.S)
@@ -139,7 +136,7 @@ def write_sources() -> list:
     """Fill _docs/src with the pages; return MkDocs' nav."""
     if SRC.exists(): shutil.rmtree(SRC)
     SRC.mkdir(parents=True)
-    lessons, order = [], lesson_order()
+    lessons, order, lesson_of = [], lesson_order(), {}   # lesson_of: module -> the notebook that exports it
     for stem in ["index"] + order:
         nb = json.loads((ROOT / "nbs" / f"{stem}.ipynb").read_text())
         for c in nb["cells"]:
@@ -150,7 +147,7 @@ def write_sources() -> list:
     (SRC / "api").mkdir()
     modules = sorted((p.stem for p in (ROOT / "rmsecrets").glob("*.py") if not p.stem.startswith("_")),
                      key=lambda m: (order.index(lesson_of[m]) if m in lesson_of else len(order), m))   # as the lessons build them
-    for m in modules: (SRC / "api" / f"{m}.md").write_text(api_page(m))
+    for m in modules: (SRC / "api" / f"{m}.md").write_text(api_page(m, lesson_of.get(m)))
     (SRC / "api" / "index.md").write_text("# API reference\n\nOne page per module of the package, in the order "
         "the lessons build it. Each public function and class: its signature, its docstring, and a table of its "
         "parameters with the comments written beside them in the code.\n\n" +
@@ -186,7 +183,7 @@ def build() -> Path:
                        if not m.startswith(("https://arxiv.org", "https://github.com", "https://colab.research.google.com"))})
     if any(re.search(r"\.(js|css|woff2?)(\?|$)", u) for u in external):
         raise SystemExit("the site loads scripts or styles from the internet:\n" + "\n".join(external))
-    notebooks = sorted({f.name for f in SITE.glob("*.html") if re.search(r'href="[\w./]+\.ipynb', f.read_text())})
+    notebooks = sorted({str(f.relative_to(SITE)) for f in SITE.rglob("*.html") if re.search(r'href="[\w./]+\.ipynb', f.read_text())})
     if notebooks: raise SystemExit(f"pages link to .ipynb files instead of lesson pages: {notebooks}")
     return SITE
 
