@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['ASSISTANT_TAG', 'ROLE_TAGS', 'CHAT_ROLES', 'STRENGTH_KEYS', 'FINITE_COLUMNS', 'FORMATS', 'FORMAT_COLUMNS',
-           'DATA_SUFFIXES', 'PreferenceDataError', 'SkipReport', 'split_transcript', 'need_str', 'check_same_prompt',
-           'pair_from_transcript', 'pair_from_text', 'render_messages', 'render_pair_side', 'need_messages',
-           'pair_from_conversations', 'pair_from_messages', 'transcript_to_messages', 'turns_to_messages',
-           'pair_from_turns', 'normalise_keys', 'check_numbers', 'detect_format', 'read_text', 'read_file',
-           'pick_split', 'read_hub', 'read_rows', 'check_pair', 'rows_to_dataset', 'load_preferences', 'load_pairs',
-           'load_table', 'join_text', 'split_ids', 'fit_ids', 'tokenize_pairs', 'PairCollator']
+           'DATA_SUFFIXES', 'PreferenceDataError', 'DataFileError', 'SkipReport', 'split_transcript', 'need_str',
+           'check_same_prompt', 'pair_from_transcript', 'pair_from_text', 'render_messages', 'render_pair_side',
+           'need_messages', 'pair_from_conversations', 'pair_from_messages', 'transcript_to_messages',
+           'turns_to_messages', 'pair_from_turns', 'normalise_keys', 'check_numbers', 'detect_format', 'read_text',
+           'read_file', 'pick_split', 'read_hub', 'read_rows', 'check_pair', 'rows_to_dataset', 'load_preferences',
+           'load_pairs', 'load_table', 'join_text', 'split_ids', 'fit_ids', 'tokenize_pairs', 'PairCollator']
 
 # %% ../nbs/01_data.ipynb #34ea25ca
 import dataclasses, gzip, itertools, json, math, numbers, os, re, warnings, zlib
@@ -39,27 +39,39 @@ class PreferenceDataError(ValueError):
 
     def __reduce__(self): return PreferenceDataError, (self.row, self.field, self.reason, self.detail)  # picklable
 
+class DataFileError(ValueError):
+    "A fault of a whole file, or of one line of it: `.path`, `.line` (1-based, or None) and `.reason` say where and what."
+    def __init__(self, path, reason: str, line: int | None = None):
+        self.path, self.reason, self.line = path, reason, line
+        super().__init__(f"{path}" + (f", line {line}" if line is not None else "") + f": {reason}")
+
+    def __reduce__(self): return DataFileError, (self.path, self.reason, self.line)  # picklable
+
 @dataclasses.dataclass
 class SkipReport:
-    "Rows skipped under `errors='skip'`: their errors, counted by `'field: reason'`."
+    "Rows skipped under `errors='skip'`: their errors, counted by `'field: reason'`; and lines skipped as not JSON."
     errors: list = dataclasses.field(default_factory=list)  # PreferenceDataError per skipped row, in row order
     total: int = 0  # rows read, kept or skipped
+    lines: list = dataclasses.field(default_factory=list)  # DataFileError per JSON line that could not be read
 
     @property
     def counts(self) -> dict:
         "Skipped rows per `'field: reason'`, e.g. `{'chosen: empty response': 4}`."
-        return dict(Counter(e.key for e in self.errors))
+        return dict(Counter(e.key for e in self.errors)) | ({"line: not JSON": len(self.lines)} if self.lines else {})
 
     def rows(self, key: str | None = None) -> list:
         "Indices of the skipped rows, all of them or those with one `'field: reason'`."
         return [e.row for e in self.errors if key is None or e.key == key]
 
-    def __len__(self): return len(self.errors)
+    def __len__(self): return len(self.errors) + len(self.lines)
 
     def __str__(self):
         parts = [f"{n} × {k} (rows {', '.join(map(str, self.rows(k)[:5]))}{', ...' if n > 5 else ''})"
-                 for k, n in self.counts.items()]
-        return f"skipped {len(self)} of {self.total} rows: " + "; ".join(parts)
+                 for k, n in self.counts.items() if k != "line: not JSON"]
+        if self.lines: parts.append(f"{len(self.lines)} line(s) not JSON ({'; '.join(str(e) for e in self.lines[:3])}"
+                                    f"{'; ...' if len(self.lines) > 3 else ''})")
+        return f"skipped {len(self.errors)} of {self.total} rows" + (f" and {len(self.lines)} unreadable line(s)"
+                                                                    if self.lines else "") + ": " + "; ".join(parts)
 
 # %% ../nbs/01_data.ipynb #3e1f9753
 ASSISTANT_TAG = "\n\nAssistant:"  # an hh-rlhf assistant turn starts here
@@ -258,31 +270,35 @@ def read_text(path: Path) -> str:
     try:
         with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f: return f.read()
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 4]!r})") from None
+        raise DataFileError(path, f"not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 4]!r})") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise ValueError(f"{path}: truncated or corrupt gzip data ({type(e).__name__}: {e})") from None
+        raise DataFileError(path, f"truncated or corrupt gzip data ({type(e).__name__}: {e})") from None
 
-def read_file(path: Path) -> list:
+def read_file(path: Path,
+              bad_lines: list | None = None,  # a list: lines that are not JSON are appended to it and skipped
+              ) -> list:
     "Rows of one `.jsonl`/`.json` (gzipped or not) or `.parquet` file; file-level faults name the file and line."
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
         try: return pq.read_table(path).to_pylist()
-        except Exception as e: raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
+        except Exception as e: raise DataFileError(path, f"not a readable Parquet file ({e})") from None
     text = read_text(path)
-    if not text.strip(): raise ValueError(f"{path}: empty file: expected JSON lines or a JSON list of objects")
+    if not text.strip(): raise DataFileError(path, "empty file: expected JSON lines or a JSON list of objects")
     if path.name.removesuffix(".gz").endswith(".json"):
         try: data = json.loads(text)
         except json.JSONDecodeError: data = None  # a .json file written as JSON lines
         if isinstance(data, dict): return [data]
         if isinstance(data, list): return data
         if data is not None:
-            raise ValueError(f"{path}: a JSON {type(data).__name__}, not a list of objects (one object per pair)")
+            raise DataFileError(path, f"a JSON {type(data).__name__}, not a list of objects (one object per pair)")
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip(): continue
         try: rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {n}: not JSON ({e.msg}, column {e.colno})") from None
+            bad = DataFileError(path, f"not JSON ({e.msg}, column {e.colno})", line=n)
+            if bad_lines is None: raise bad from None
+            bad_lines.append(bad)
     return rows
 
 def pick_split(dd: DatasetDict, split: str | None) -> Dataset:
@@ -303,6 +319,7 @@ def read_hub(name: str, split: str | None = None, **kwargs) -> Dataset:
 def read_rows(
     source,  # path of a file or folder, hub name, Dataset, DatasetDict, or list of dicts
     split: str | None = None,  # split of a DatasetDict or hub data set; for a folder, files named or foldered by it
+    bad_lines: list | None = None,  # a list: JSON lines that cannot be read are skipped into it (else they raise)
     **hub_kwargs,  # passed to `datasets.load_dataset` for hub names, e.g. data_dir='harmless-base'
 ):  # a Dataset or a list of dicts
     "The raw rows of any supported source, in order."
@@ -310,15 +327,15 @@ def read_rows(
     if isinstance(source, Dataset): return source
     if isinstance(source, (list, tuple)): return list(source)
     path = Path(source)
-    if path.is_file(): return read_file(path)
+    if path.is_file(): return read_file(path, bad_lines)
     if path.is_dir():
         if any((path/f).exists() for f in ("dataset_dict.json", "state.json")): return read_rows(load_from_disk(str(path)), split)
         if (path / "preferences" / "dataset_dict.json").exists():          # a world folder (`save_world`): its pairs
-            return read_rows(path / "preferences", split)
+            return read_rows(path / "preferences", split, bad_lines)
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
         if split: files = [p for p in files if p.name.startswith(split) or split in p.relative_to(path).parts[:-1]]
         if not files: raise FileNotFoundError(f"no {'/'.join(DATA_SUFFIXES)} files{f' for split {split!r}' if split else ''} in {path}")
-        return [r for p in files for r in read_file(p)]
+        return [r for p in files for r in read_file(p, bad_lines)]
     if str(source).endswith(DATA_SUFFIXES) or str(source).startswith((".", "/", "~")):
         raise FileNotFoundError(f"no such file or folder: {source}")
     return read_hub(str(source), split, **hub_kwargs)
@@ -339,24 +356,26 @@ def load_preferences(
     source,  # file or folder path, hub name, Dataset, DatasetDict, or list of dicts
     split: str | None = None,  # split of a DatasetDict, hub data set, or folder of split files
     format: str | None = None,  # one of FORMATS; detected from the first decisive row when None
-    errors: str = "raise",  # 'raise': first bad row raises PreferenceDataError; 'skip': drop, count and warn
+    errors: str = "raise",  # 'raise': the first bad row or JSON line raises; 'skip': drop, count and warn
     chat_template=None,  # a tokenizer: render message/turn/transcript dialogues with its chat template
     return_skipped: bool = False,  # also return the SkipReport: (dataset, report)
     **hub_kwargs,  # passed to `datasets.load_dataset` for hub names
 ) -> Dataset:  # columns prompt, chosen, rejected (responses only), then the source's other columns
     "Load preference pairs from any supported source into one validated schema."
     if errors not in ("raise", "skip"): raise ValueError(f"errors={errors!r}: use 'raise' or 'skip'")
-    rows = read_rows(source, split, **hub_kwargs)
+    bad_lines = [] if errors == "skip" else None
+    rows = read_rows(source, split, bad_lines=bad_lines, **hub_kwargs)
     where = f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
-    if len(rows) == 0: raise ValueError(f"{where}no rows")
+    what = source if where else "the rows given"
+    if len(rows) == 0: raise DataFileError(what, "no rows")
     if format is not None and format not in FORMATS: raise ValueError(f"format={format!r}: pass one of {list(FORMATS)}")
     fmt = format or next((f for r in rows if (f := detect_format(r))), None)
     if fmt is None:
         found = sorted({k for r in rows[:100] if isinstance(r, dict) for k in r})
-        raise ValueError(f"{where}no known format: the columns found are {found}; " + "; ".join(
+        raise DataFileError(what, f"no known format: the columns found are {found}; " + "; ".join(
             f"{name} needs {need}" for name, need in FORMAT_COLUMNS.items()) + " (or pass format=)")
     if chat_template is not None and fmt == "text": raise ValueError("chat_template needs dialogues; the 'text' format holds plain strings")
-    kept, report = [], SkipReport(total=len(rows))
+    kept, report = [], SkipReport(total=len(rows), lines=bad_lines or [])
     for i, row in enumerate(rows):
         try:
             if not isinstance(row, dict): raise PreferenceDataError(None, "row", "wrong type", f"expected a dict, got {type(row).__name__}")
@@ -394,10 +413,10 @@ def load_table(data: str | os.PathLike,  # a world folder, a dataset folder, or 
     if path.is_dir() and (path / "dataset_info.json").exists(): ds = load_from_disk(str(path))
     else:
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
-        if kind is None: raise ValueError(f"{data}: give a world folder or a .jsonl/.json/.parquet/.csv file")
+        if kind is None: raise DataFileError(data, "give a world folder or a .jsonl/.json/.parquet/.csv file")
         ds = load_dataset(kind, data_files=str(path), split="train")
     missing = [c for c in columns if c not in ds.column_names]
-    if missing: raise ValueError(f"{data} has no column(s) {missing}; it has {ds.column_names}")
+    if missing: raise DataFileError(data, f"no column(s) {missing}; it has {ds.column_names}")
     return ds, None, False
 
 # %% ../nbs/01_data.ipynb #89380440

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['DEMO_SCALES', 'DEMO_PPO', 'PAPER_STRENGTH', 'fmt_ms', 'DemoScale', 'Report', 'table', 'verdict', 'versus_text',
-           'StageClock', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'over_optimisation', 'demo_ppo',
-           'demo_iterative', 'run_demo']
+           'StageClock', 'StageCache', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'over_optimisation',
+           'demo_ppo', 'demo_iterative', 'run_demo']
 
 # %% ../nbs/13_demo.ipynb #b0c4c23b
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -21,8 +22,8 @@ from .data import tokenize_pairs
 from .iterative import (IterativeConfig, compare_iterative, final_differences, plot_differences, plot_rounds,
                                  summarise_rounds)
 from .losses import LABEL_TRICKS, compare_tricks, plot_tricks, summarise_tricks
-from .model import make_reward_model
-from .policy import SFTConfig, make_policy, train_sft
+from .model import load_reward_model, make_reward_model, save_reward_model
+from .policy import SFTConfig, load_policy, make_policy, train_sft
 from .ppo import PPOConfig, compare_ppo, plot_ppo, summarise_ppo
 from .scale import FlopMeter, matmul_peak
 from .strength import StrengthConfig, annotate, decile_experiment, plot_strength, strength_summary, vote
@@ -111,12 +112,20 @@ class StageClock:
     """Seconds and FLOPs of each stage of a run: a `FlopMeter` counts from construction to `close`."""
     def __init__(self):
         self.peak = matmul_peak()                                   # fp32 FLOP/s of this process's threads
-        self.t0, self.seconds, self.flops, self.meter = time.time(), {}, {}, FlopMeter().__enter__()
+        self.seconds, self.flops, self.meter = {}, {}, FlopMeter().__enter__()
+        self.last, self.last_flops = time.time(), 0
 
     def lap(self, name: str):
         """The stage `name` has ended: its seconds and FLOPs since the previous lap."""
-        self.seconds[name] = round(time.time() - self.t0 - sum(self.seconds.values()), 1)
-        self.flops[name] = self.meter.flops - sum(self.flops.values())
+        now, flops = time.time(), self.meter.flops
+        self.seconds[name], self.flops[name] = round(now - self.last, 1), flops - self.last_flops
+        self.last, self.last_flops = now, flops
+
+    def restore(self, name: str, seconds: float, flops: float):
+        """The stage `name` finished in an earlier run that took `seconds` and `flops`: count those, and start the
+        next stage's clock now."""
+        self.seconds[name], self.flops[name] = seconds, flops
+        self.last, self.last_flops = time.time(), self.meter.flops
 
     def close(self): self.meter.__exit__(None, None, None)
 
@@ -134,6 +143,32 @@ class StageClock:
                  "GFLOP": f"{f / 1e9:,.0f}", "GFLOP/s": f"{f / 1e9 / max(s, 1e-9):.1f}",
                  "MFU": f"{f / max(s, 1e-9) / self.peak:.1%}"} for k, s, f in rows]
 
+class StageCache:
+    """The finished stages of a demo in out/stages/: each one's part of the report, its results, its time and FLOPs.
+    A rerun of a killed demo keeps them (their figures are in out/ already) and goes on with the first unfinished one."""
+    def __init__(self, out: Path, report: Report, clock: StageClock):
+        self.dir, self.report, self.clock, self.mark = Path(out) / "stages", report, clock, 0
+
+    def _path(self, name: str) -> Path: return self.dir / f"{name.replace(' ', '_')}.json"
+
+    def load(self, name: str) -> dict | None:
+        """The results of stage `name` if it finished before (its report part added, its time counted); else None,
+        and the stage starts now."""
+        if not self._path(name).exists():
+            self.mark = len(self.report.parts)
+            return None
+        saved = json.loads(self._path(name).read_text())
+        self.report.parts += saved["report"]
+        self.clock.restore(name, saved["seconds"], saved["flops"])
+        return saved["result"]
+
+    def save(self, name: str, result: dict) -> dict:
+        """Stage `name` has finished with `result` (JSON-able): lap the clock and keep it all, atomically."""
+        self.clock.lap(name)
+        write_json(self._path(name), {"report": self.report.parts[self.mark:], "result": result,
+                                      "seconds": self.clock.seconds[name], "flops": self.clock.flops[name]})
+        return result
+
 # %% ../nbs/13_demo.ipynb #ec3cb7b8
 def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, s: DemoScale, seed: int) -> dict:
     """Demo stage: preference strength on the world's training pairs."""
@@ -142,8 +177,9 @@ def demo_strength(report: Report, world: dict, tr, te, tok, out: Path, s: DemoSc
     config = StrengthConfig(n_voters=s.voters, seed=seed, workers=s.workers)   # VOTER_TRAIN: one epoch each
     oof_voters = s.oof_voters
     oof_train = replace(config.train, epochs=config.train.epochs * config.folds / (config.folds - 1))  # the same steps on 1/2 the pairs
-    votes = {"in_sample": vote(tr, tok, replace(config, mode="in_sample")),
-             "out_of_fold": vote(tr, tok, replace(config, mode="out_of_fold", n_voters=oof_voters, train=oof_train))}
+    votes = {"in_sample": vote(tr, tok, replace(config, mode="in_sample"), out_dir=out / "strength" / "in_sample"),
+             "out_of_fold": vote(tr, tok, replace(config, mode="out_of_fold", n_voters=oof_voters, train=oof_train),
+                                 out_dir=out / "strength" / "out_of_fold")}   # a rerun keeps the voters that finished
     annotated = {mode: annotate(train, v) for mode, v in votes.items()}
     annotated["in_sample"].save_to_disk(str(out / "strength" / "annotated"))
     summaries = {mode: strength_summary(a) for mode, a in annotated.items()}
@@ -342,7 +378,8 @@ def run_demo(out: str | Path = "demo",  # the folder of the report, its figures,
              quiet: bool = False,  # no progress bars
              command: str | None = None,  # the command line, for the report and the model cards
              ) -> dict:
-    """Run every stage of the paper on the world; write report.md, its figures and metrics.json to `out`."""
+    """Run every stage of the paper on the world; write report.md, its figures and metrics.json to `out`. Rerun in the
+    same folder after a kill, it keeps the stages that finished (out/stages/) and goes on from there."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -352,7 +389,7 @@ def run_demo(out: str | Path = "demo",  # the folder of the report, its figures,
     if quiet:
         import datasets, transformers
         datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
-    out, t0 = Path(out), time.time()
+    out = Path(out)
     clock = StageClock()                           # seconds and FLOPs of every stage
     try:
         report = Report(out, "rmsecrets demo: reward modeling on a world with a known truth")
@@ -370,50 +407,66 @@ def run_demo(out: str | Path = "demo",  # the folder of the report, its figures,
         report.figure(fig, "world_label_noise", "|true margin| of each training pair, stacked by the kind of label noise")
 
         clock.lap("world")
+        stages = StageCache(out, report, clock)    # a rerun of a killed demo keeps the stages that finished
         # 2. a reward model trained on the noisy labels
-        config = replace(WORLD_TRAIN, epochs=s.rm_epochs, batch_size=32, eval_every=25, log_every=5, seed=seed, progress=not quiet)
+        config = replace(WORLD_TRAIN, epochs=s.rm_epochs, batch_size=32, eval_every=25, log_every=5, save_every=25, seed=seed,
+                         progress=not quiet)
         tr, va, te = (tokenize_pairs(world["preferences"][split], tok, config.max_length) for split in ("train", "validation", "test"))
-        result = train_reward_model(make_reward_model("tiny", tok, seed=seed), tok, tr, va, config, out_dir=out / "rm",
-                                    card={"command": command, "backbone": "tiny", "data": f"the demo's world (seed {seed})",
-                                          "eval_data": "its validation split"})
-        scores = score_pairs(result.model, te, tok.pad_token_id)
-        metrics = pair_metrics(scores["r_chosen"], scores["r_rejected"], scores["label_is_wrong"])
-        report.add("## 2. A reward model trained on noisy labels\n\nA tiny Llama-style reward model (Bradley–Terry loss), "
-                   f"{result.history[-1]['step']} steps. Test set ({metrics['n']} pairs):\n\n"
-                   + table([{"against": "labels (noisy)", "accuracy": metrics["accuracy"], "ECE": metrics["ece"]},
-                            {"against": "truth", "accuracy": metrics["accuracy_true"], "ECE": metrics["ece_true"]}])
-                   + f"\n\nMean reward gap {metrics['reward_gap']:.3f}; loss {metrics['loss']:.3f}. The model agrees with the "
-                   f"truth {'more' if metrics['accuracy_true'] > metrics['accuracy'] else 'less'} often than with the noisy "
-                   "labels it was trained on.")
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2)); plot_learning_curves(result.history, a1); plot_reward_gaps(scores, a2)
-        report.figure(fig, "rm_training", "Learning curves (validation every 25 steps) and the test reward gap for right and wrong labels")
+        if (rm_stage := stages.load("reward model")) is None:
+            result = train_reward_model(make_reward_model("tiny", tok, seed=seed), tok, tr, va, config, out_dir=out / "rm",
+                                        card={"command": command, "backbone": "tiny", "data": f"the demo's world (seed {seed})",
+                                              "eval_data": "its validation split"})
+            scores = score_pairs(result.model, te, tok.pad_token_id)
+            metrics = pair_metrics(scores["r_chosen"], scores["r_rejected"], scores["label_is_wrong"])
+            report.add("## 2. A reward model trained on noisy labels\n\nA tiny Llama-style reward model (Bradley–Terry loss), "
+                       f"{result.history[-1]['step']} steps. Test set ({metrics['n']} pairs):\n\n"
+                       + table([{"against": "labels (noisy)", "accuracy": metrics["accuracy"], "ECE": metrics["ece"]},
+                                {"against": "truth", "accuracy": metrics["accuracy_true"], "ECE": metrics["ece_true"]}])
+                       + f"\n\nMean reward gap {metrics['reward_gap']:.3f}; loss {metrics['loss']:.3f}. The model agrees with the "
+                       f"truth {'more' if metrics['accuracy_true'] > metrics['accuracy'] else 'less'} often than with the noisy "
+                       "labels it was trained on.")
+            fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2)); plot_learning_curves(result.history, a1); plot_reward_gaps(scores, a2)
+            report.figure(fig, "rm_training", "Learning curves (validation every 25 steps) and the test reward gap for right and wrong labels")
+            rm_bt, rm_stage = result.model, stages.save("reward model", {"metrics": metrics})
+        else: rm_bt = load_reward_model(out / "rm" / "model", attn_implementation="eager")[0]   # as the preset computed
+        metrics = rm_stage["metrics"]
 
-        clock.lap("reward model")
         # 3. preference strength
-        strength = demo_strength(report, world, tr, te, tok, out, s, seed)
+        if (strength := stages.load("strength")) is None:
+            strength = demo_strength(report, world, tr, te, tok, out, s, seed)
+            strength = stages.save("strength", {**{k: v for k, v in strength.items() if k != "annotated"},
+                                                "strength_mean": list(strength["annotated"]["strength_mean"])})
+        strength = dict(strength)
+        annotated = tr.add_column("strength_mean", strength.pop("strength_mean"))   # the pairs with their μ̂, for stages 4 and 6
 
-        clock.lap("strength")
         # 4. label flipping, smoothing and the adaptive margin
-        tricks = demo_label_tricks(report, strength["annotated"], va, tok, s, seed)
-        baseline = tricks.pop("baseline")                         # the bt runs, reused by stage 5
+        if (tricks := stages.load("label tricks")) is None:
+            tricks = demo_label_tricks(report, annotated, va, tok, s, seed)
+            baseline = tricks.pop("baseline")                     # the bt runs, reused by stage 5: kept on disk for a rerun
+            for (name, sd), (model, _) in baseline.items(): save_reward_model(model, tok, out / "label_tricks" / f"{name}-seed-{sd}")
+            stages.save("label tricks", {**tricks, "baseline": [[name, sd, acc] for (name, sd), (_, acc) in baseline.items()]})
+        else:
+            baseline = {(name, sd): (load_reward_model(out / "label_tricks" / f"{name}-seed-{sd}", attn_implementation="eager")[0], acc)
+                        for name, sd, acc in tricks.pop("baseline")}
 
-        clock.lap("label tricks")
         # 5. contrastive learning
-        contrastive = demo_contrastive(report, tr, va, tok, s, seed, baseline)
+        if (contrastive := stages.load("contrastive")) is None:
+            contrastive = stages.save("contrastive", demo_contrastive(report, tr, va, tok, s, seed, baseline))
 
-        clock.lap("contrastive")
         # 6. the policy: SFT and PPO-max on the baseline and a denoised reward model
-        policy = demo_ppo(report, world, result.model, strength["annotated"], va, tok, out, s, seed, command)
-        sft = policy.pop("sft")
+        if (policy := stages.load("policy")) is None:
+            policy = demo_ppo(report, world, rm_bt, annotated, va, tok, out, s, seed, command)
+            sft = policy.pop("sft")
+            stages.save("policy", policy)
+        else: sft = load_policy(out / "sft" / "model")[0]
 
-        clock.lap("policy")
         # 7. iterative RLHF: MetaRM against the same rounds with a plain reward-model update
-        rounds = demo_iterative(report, world, result.model, sft, tr, va, tok, s, seed)
+        if (rounds := stages.load("iterative")) is None:
+            rounds = stages.save("iterative", demo_iterative(report, world, rm_bt, sft, tr, va, tok, s, seed))
 
-        clock.lap("iterative")
         summary = {"world": {k: len(v) for k, v in world["preferences"].items()}, "reward_model": metrics,
                    "strength": {k: v for k, v in strength.items() if k != "annotated"}, "label_tricks": tricks,
-                   "contrastive": contrastive, "ppo": policy, "iterative": rounds, "seconds": round(time.time() - t0, 1),
+                   "contrastive": contrastive, "ppo": policy, "iterative": rounds, "seconds": round(sum(clock.seconds.values()), 1),
                    "stage_seconds": clock.seconds, "stage_gflop": {k: round(v / 1e9, 3) for k, v in clock.flops.items()},
                    "throughput_per_second": clock.rates()}
         report.add(f"## What it cost\n\nTotal time: {summary['seconds']} s. Each stage's seconds, the FLOPs its models computed "

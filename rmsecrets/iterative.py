@@ -82,7 +82,7 @@ def iterate(policy,  # the SFT policy (copied)
             valid=None,  # tokenised validation pairs, for the reward model's validation accuracy
             base_loss=bradley_terry,  # the reward model's loss (MetaRM evaluates it at θ′)
             gold_fn=gold_scores,  # Samples -> gold rewards (None when there is no gold reward)
-            out_dir: str | Path | None = None,  # round_r/{reward_model, ppo, round.json}; a rerun resumes
+            out_dir: str | Path | None = None,  # round_r/{rm_update, reward_model, ppo, round.json}; a rerun resumes
             ) -> IterativeResult:
     """R rounds of sample the meta set → update the reward model (MetaRM, plain, or not) → PPO from the current policy."""
     policy, rm = copy.deepcopy(policy), copy.deepcopy(reward_model)
@@ -116,7 +116,10 @@ def iterate(policy,  # the SFT policy (copied)
                 mb = meta_batch(meta, tokenizer, config.rm.max_length)
                 loss = MetaRM(mb["input_ids"], mb["attention_mask"], k=config.k, eta=config.eta, order=config.order,
                               base=base_loss, seed=seed)
-            rm = train_reward_model(rm, tokenizer, pairs, config=replace(config.rm, seed=seed), loss_fn=loss).model
+            update = done / "rm_update" if done is not None else None   # its checkpoints; model/ once it has finished
+            if update is not None and (update / "metrics.json").exists(): rm = load_reward_model(update / "model")[0]
+            else: rm = train_reward_model(rm, tokenizer, pairs, config=replace(config.rm, seed=seed), loss_fn=loss,
+                                          out_dir=update).model
         row["after"] = rm_diagnostics(rm, tokenizer, held, gold, valid)
         res = ppo(policy, rm, tokenizer, prompts, replace(config.ppo, seed=seed), eval_prompts=eval_prompts,
                   gold_fn=gold_fn, out_dir=done / "ppo" if done is not None else None)

@@ -442,9 +442,10 @@ def save_reward_model(model: nn.Module,  # the reward model (wrappers are remove
 def load_reward_model(path: str | os.PathLike,  # a folder written by `save_reward_model` (or any HF reward model)
                       dtype: torch.dtype | str | None = None,  # None: as saved
                       trust_remote_code: bool = False,  # run code shipped with the model (only when you trust it)
+                      attn_implementation: str | None = None,  # None: transformers' choice; "eager" as the presets train
                       ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The reward model (in eval mode) and tokenizer saved at `path`."""
-    kwargs = {} if dtype is None else dict(dtype=dtype)
+    kwargs = {k: v for k, v in dict(dtype=dtype, attn_implementation=attn_implementation).items() if v is not None}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report is replaced by the check below
     try:

@@ -5,12 +5,14 @@
 # %% auto #0
 __all__ = ['PPO_KEYS', 'masked_mean', 'whiten', 'RunningMoments', 'token_rewards', 'gae', 'policy_loss', 'value_loss',
            'response_logprobs', 'token_values', 'PPOConfig', 'PPOResult', 'evaluate_policy', 'AdapterOff',
-           'lora_is_zero', 'reference_policy', 'ppo', 'compare_ppo', 'summarise_ppo', 'plot_ppo']
+           'lora_is_zero', 'reference_policy', 'ppo', 'save_ppo_checkpoint', 'latest_ppo_checkpoint', 'compare_ppo',
+           'summarise_ppo', 'plot_ppo']
 
 # %% ../nbs/08_ppo.ipynb #a90d6535
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import replace, asdict, dataclass
 from pathlib import Path
@@ -22,7 +24,8 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
-from .core import mean_std, run_grid, seeded, tune_allocator, write_json
+from .core import (load_training_state, mean_std, run_grid, save_training_state, seeded, tune_allocator,
+                            write_json, write_text)
 from .model import add_lora, lora_targets, merge_lora, reward_head
 from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy
 
@@ -165,6 +168,8 @@ class PPOConfig:
     eval_every: int = 5           # evaluate on fixed prompts every this many iterations (0: start and end only)
     eval_prompts: int = 64        # fixed evaluation prompts
     eval_k: int = 5               # samples per evaluation prompt (the spread of reward differences needs k ≥ 2)
+    save_every: int = 10          # with an out_dir: checkpoint every this many iterations (0: none); a rerun resumes
+    keep_checkpoints: int = 2     # newest checkpoints kept (0: keep all)
     seed: int = 0
     progress: bool = True
 
@@ -262,17 +267,19 @@ def ppo(policy,  # the SFT policy (trained in place)
     if config.reward_norm and config.reward_mean is not None:   # the reward model's own statistics, worth one rollout; the policy's scores soon dominate
         moments.n = config.rollout_prompts * config.k * acc.num_processes
         moments.mean, moments.m2 = config.reward_mean, (config.reward_std or 1.0) ** 2 * moments.n
-    ptx_iter = None
-    if config.ptx_coef and demonstrations is not None:
-        from torch.utils.data import DataLoader
-        from transformers import DataCollatorForSeq2Seq
-        ptx_loader = DataLoader(demonstrations.select_columns(["input_ids", "labels"]), batch_size=config.mini_batch,
-                                shuffle=True, collate_fn=DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt"))
-        ptx_iter = _cycle(ptx_loader)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and acc.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("history.jsonl", "evals.jsonl"): (out_dir / name).unlink(missing_ok=True)   # a fresh run
+    ptx_used, out_dir, start = 0, Path(out_dir) if out_dir is not None else None, 1
+    models, optimizers = {"policy": acc.unwrap_model(policy), "critic": acc.unwrap_model(critic)}, {"policy_optimizer": opt,
+                                                                                                   "critic_optimizer": copt}
+    if (ckpt := latest_ppo_checkpoint(out_dir)) is not None:   # a killed run: go on from its newest checkpoint
+        st = load_training_state(ckpt / f"process-{acc.process_index}", models, optimizers)   # weights, optimisers, generators
+        history, evals, ptx_used, start = st["history"], st["evals"], st["ptx_used"], st["iteration"] + 1
+        moments.load_state_dict(st["moments"]); rng.bit_generator.state = st["rng"]
+        acc.print(f"resumed from {ckpt} at iteration {st['iteration']}")
+    ptx_iter = (_ptx_batches(demonstrations, tokenizer, config.mini_batch, config.seed, ptx_used)
+                if config.ptx_coef and demonstrations is not None else None)
+    if out_dir is not None and acc.is_main_process:   # the logs restart from the checkpoint's (empty for a fresh run)
+        for name, rows in (("history.jsonl", history), ("evals.jsonl", evals)):
+            write_text(out_dir / name, "".join(json.dumps(r) + "\n" for r in rows))
 
     def _evaluate(it):
         e = {"iteration": it, **evaluate_policy(acc.unwrap_model(policy), ref, reward_model, rm_tokenizer, tokenizer,
@@ -280,8 +287,8 @@ def ppo(policy,  # the SFT policy (trained in place)
         evals.append(e)
         _append(out_dir, "evals.jsonl", e, acc)
 
-    _evaluate(0)
-    bar = tqdm(range(1, config.iterations + 1), disable=not (config.progress and acc.is_local_main_process), desc="ppo")
+    if start == 1: _evaluate(0)
+    bar = tqdm(range(start, config.iterations + 1), disable=not (config.progress and acc.is_local_main_process), desc="ppo")
     for it in bar:
         t0 = time.time()
         # rollout: sample the experience buffer
@@ -321,6 +328,7 @@ def ppo(policy,  # the SFT policy (trained in place)
                     loss = pl
                     if ptx_iter is not None:                                                # + γ_ptx · L_SFT
                         loss = loss + config.ptx_coef * policy(**{n: t.to(acc.device) for n, t in next(ptx_iter).items()}).loss
+                        ptx_used += 1
                     acc.backward(loss)
                     if config.max_grad_norm: acc.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
                     opt.step(); opt.zero_grad()
@@ -335,6 +343,10 @@ def ppo(policy,  # the SFT policy (trained in place)
         _append(out_dir, "history.jsonl", h, acc)
         bar.set_postfix(proxy=f"{h['proxy']:.2f}", kl=f"{h['kl']:.2f}")
         if (config.eval_every and it % config.eval_every == 0) or it == config.iterations: _evaluate(it)
+        if out_dir is not None and config.save_every and it % config.save_every == 0 and it < config.iterations:
+            save_ppo_checkpoint(acc, out_dir, models, optimizers, config.keep_checkpoints,
+                                {"iteration": it, "history": history, "evals": evals, "moments": moments.state_dict(),
+                                 "rng": rng.bit_generator.state, "ptx_used": ptx_used})
     policy, critic = acc.unwrap_model(policy).eval(), acc.unwrap_model(critic).eval()
     if config.lora_r:   # plain models again: W ← W + (α/r)·B·A in place, every weight trainable as it came in
         policy, critic = policy.merge_and_unload().requires_grad_(True), critic.merge_and_unload().requires_grad_(True)
@@ -354,9 +366,37 @@ def _select(s: Samples, idx: torch.Tensor) -> Samples:
     return Samples([s.prompts[i] for i in idx], [s.responses[i] for i in idx], s.prompt_ids[idx], s.response_ids[idx],
                    s.response_mask[idx], s.k)
 
-def _cycle(loader):
-    """Batches of `loader` forever (the ptx demonstrations)."""
-    while True: yield from loader
+def _ptx_batches(demonstrations, tokenizer, size: int, seed: int, start: int = 0):
+    """Mini-batches of the ptx demonstrations forever, each pass in its own seeded order, from batch number `start` on
+    (where a resumed run left off)."""
+    from transformers import DataCollatorForSeq2Seq
+    collate, rows = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt"), demonstrations.select_columns(["input_ids", "labels"])
+    per_pass, b = math.ceil(len(rows) / size), start
+    while True:
+        p, i = divmod(b, per_pass)
+        order = np.random.default_rng([seed, p]).permutation(len(rows))[i * size:(i + 1) * size]
+        yield collate([rows[int(j)] for j in order])
+        b += 1
+
+def save_ppo_checkpoint(acc, out_dir: Path, models: dict, optimizers: dict, keep: int, state: dict) -> Path:
+    """out_dir/checkpoints/iteration-N: every process's models, optimisers and generators (`save_training_state`), and
+    `complete.json` once all are written."""
+    ckpts = out_dir / "checkpoints"
+    final = ckpts / f"iteration-{state['iteration']:05d}"
+    save_training_state(final / f"process-{acc.process_index}", models, optimizers, state)   # each process its generators
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_json(final / "complete.json", {"iteration": state["iteration"], "num_processes": acc.num_processes})
+        done = sorted(p for p in ckpts.glob("iteration-*") if (p / "complete.json").exists())
+        for old in done[:-keep] if keep > 0 else []: shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return final
+
+def latest_ppo_checkpoint(out_dir: Path | None) -> Path | None:
+    """The newest complete PPO checkpoint under out_dir/checkpoints, if any."""
+    if out_dir is None: return None
+    done = sorted(p for p in (Path(out_dir) / "checkpoints").glob("iteration-*") if (p / "complete.json").exists())
+    return done[-1] if done else None
 
 def _append(out_dir, name, row, acc):
     """Append one JSON line to out_dir/name on the main process."""

@@ -8,8 +8,10 @@ __all__ = ['VOTER_TRAIN', 'STRENGTH_COLUMNS', 'strength_stats', 'StrengthConfig'
            'groups', 'strength_summary', 'plot_strength', 'decile_experiment', 'released_strength_check']
 
 # %% ../nbs/04_strength.ipynb #4255cfc4
+import shutil
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from transformers import get_scheduler
 from datasets import Dataset
 
-from .core import child_seed, parallel_map, run_grid
+from .core import atomic_file, child_seed, parallel_map, run_grid
 from .model import make_reward_model
 from .data import PairCollator
 from .train import (WORLD_TRAIN, EpochSampler, TrainConfig, bt_loss, evaluate, pair_forward, score_pairs,
@@ -86,24 +88,39 @@ def train_voter(pairs: Dataset,  # tokenised pairs to train on
                 config: StrengthConfig,  # backbone, seed and training settings
                 m: int,  # which voter of its fold
                 fold: int = 0,  # which fold (out-of-fold votes)
+                out_dir: str | Path | None = None,  # its checkpoints (`config.train.save_every`); a rerun resumes there
                 ):
     """Train voter m of `fold`: a reward model whose initialisation and data order come from its own seed alone."""
     seed = child_seed(child_seed(config.seed, "fold", fold), "member", m)
     model = make_reward_model(config.backbone, tokenizer, seed=seed)
-    return train_reward_model(model, tokenizer, pairs, config=replace(config.train, seed=seed)).model
+    return train_reward_model(model, tokenizer, pairs, config=replace(config.train, seed=seed), out_dir=out_dir).model
 
 def vote(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
          tokenizer,  # the voters' tokenizer
          config: StrengthConfig = StrengthConfig(),  # M, mode, folds, backbone, training settings
+         out_dir: str | Path | None = None,  # voters/: each finished voter's scores, and checkpoints of those in training
          ) -> Votes:
-    """Train the M voters and score every pair with them, in-sample or out-of-fold."""
+    """Train the M voters and score every pair with them, in-sample or out-of-fold; with `out_dir`, a rerun keeps the
+    voters that finished and resumes those that were training."""
+    from accelerate import PartialState
+    from safetensors.torch import load_file, save_file
     t0, M = time.time(), config.n_voters
     fold, plan = fold_plan(len(pairs), config)
     def train_and_score(job):                                   # one voter of one fold: its two rows of scores
         f, m = job
         train_idx, score_idx = plan[f]
-        s = score_pairs(train_voter(pairs.select(train_idx), tokenizer, config, m, f), pairs.select(score_idx),
+        done = Path(out_dir) / "voters" / f"fold-{f}-voter-{m}.safetensors" if out_dir is not None else None
+        if done is not None and done.exists():                  # finished before a kill: its scores, not its training
+            saved = load_file(str(done))
+            return saved["chosen"].numpy(), saved["rejected"].numpy()
+        work = done.with_suffix("") if done is not None and config.train.save_every else None
+        s = score_pairs(train_voter(pairs.select(train_idx), tokenizer, config, m, f, out_dir=work), pairs.select(score_idx),
                         tokenizer.pad_token_id)
+        if done is not None and PartialState().is_main_process:
+            with atomic_file(done) as tmp:
+                save_file({"chosen": torch.from_numpy(np.ascontiguousarray(s["r_chosen"])),
+                           "rejected": torch.from_numpy(np.ascontiguousarray(s["r_rejected"]))}, str(tmp))
+            if work is not None: shutil.rmtree(work, ignore_errors=True)
         return s["r_chosen"], s["r_rejected"]
     jobs = [(f, m) for f in range(len(plan)) for m in range(M)]
     chosen, rejected = np.zeros((M, len(pairs))), np.zeros((M, len(pairs)))

@@ -29,15 +29,15 @@ def test_help_lists_every_stage():
         assert command in out
 
 
-def test_demo_quick_writes_the_report(tmp_path):
-    sh("rmsecrets", "demo", "--quick", "--quiet", "--out", str(tmp_path / "demo"), timeout=900)   # ~2 min; a hang guard
+def test_demo_quick_writes_the_report(demo_quick):
+    tmp_path = demo_quick[0].parent                                   # `rmsecrets demo --quick` (conftest)
     report = (tmp_path / "demo" / "report.md").read_text()
     for png in ("world_label_noise.png", "rm_training.png", "label_tricks.png", "contrastive_features.png", "ppo.png",
                 "iterative.png"):
         assert (tmp_path / "demo" / png).stat().st_size > 5000 and f"]({png})" in report
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     rm = metrics["reward_model"]
-    assert 0.5 < rm["accuracy_true"] <= 1 and 0.4 < rm["accuracy"] <= 1
+    assert 0.6 < rm["accuracy_true"] <= 1 and 0.55 < rm["accuracy"] < rm["accuracy_true"]   # above chance; truth above labels
     assert f"| truth | {rm['accuracy_true']:.3f}" in report       # the report shows the measured numbers
     simcse = next(r for r in metrics["contrastive"]["summary"] if r["method"] == "simcse")
     assert f"| simcse | {simcse['accuracy_true']:.3f} ± " in report
@@ -78,9 +78,9 @@ def test_group_by_length_auto_is_on_for_pairs_from_a_file(world, tmp_path):
     pairs.to_json(tmp_path / "pairs.jsonl")
     common = ["--data", str(tmp_path / "pairs.jsonl"), "--split", "", "--tokenizer", str(world / "tokenizer"),
               "--max-steps", "2", "--max-length", "64", "--eval-split", "", "--progress", "false"]
-    for flag, expected in ((["--group-by-length", "auto"], True), ([], True), (["--group-by-length", "false"], False)):
-        sh("rmsecrets", "train-rm", *common, *flag, "--out", str(tmp_path / "rm"))
-        assert json.loads((tmp_path / "rm" / "metrics.json").read_text())["config"]["group_by_length"] is expected, flag
+    for i, (flag, expected) in enumerate(((["--group-by-length", "auto"], True), ([], True), (["--group-by-length", "false"], False))):
+        sh("rmsecrets", "train-rm", *common, *flag, "--out", str(tmp_path / f"rm{i}"))
+        assert json.loads((tmp_path / f"rm{i}" / "metrics.json").read_text())["config"]["group_by_length"] is expected, flag
 
 
 def test_train_rm_unknown_loss_is_a_clear_error(world, tmp_path):
@@ -106,7 +106,9 @@ def test_strength_under_two_processes_writes_once(world, tmp_path):
              str(world), "--out", str(tmp_path / "st"), "--n-voters", "2", "--max-steps", "3", "--max-length", "64",
              env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
     assert run.stdout.count('"voter"') == 1                              # the main process reports and writes
-    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["annotated", "annotated.jsonl", "strength.json", "strength.png"]
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == [".rmsecrets.lock", "annotated", "annotated.jsonl", "run.json",
+                                                                   "strength.json", "strength.png", "voters"]
+    assert sorted(p.name for p in (tmp_path / "st" / "voters").iterdir()) == ["fold-0-voter-0.safetensors", "fold-0-voter-1.safetensors"]
     rows = (tmp_path / "st" / "annotated.jsonl").read_text().splitlines()
     assert len(rows) == 300 and "strength_mean" in json.loads(rows[0])
 

@@ -158,3 +158,46 @@ def test_two_workers_give_the_rows_of_one(small):
     for one, two in zip(rows[1], rows[2]):                  # the simcse model has a dropout hook, and still pickles
         a, b = one["model"].state_dict(), two["model"].state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["simcse", "simcse-diff", "swav-diff", "dropout"])
+def test_the_loss_is_half_the_two_views_plus_beta_times_the_contrastive_term(name):
+    "L = ½ (L_bt(view 1) + L_bt(view 2)) + β · L_cl(instances of view 1, of view 2), computed here from its parts."
+    from rmsecrets.contrastive import instances
+    from rmsecrets.train import bt_loss
+    g = torch.Generator().manual_seed(0)
+    views = [PairOutput(torch.randn(6, generator=g), torch.randn(6, generator=g), torch.randn(6, 8, generator=g),
+                        torch.randn(6, 8, generator=g)) for _ in range(2)]
+    out = PairOutput(*[getattr(views[0], f) for f in ("r_chosen", "r_rejected", "f_chosen", "f_rejected")], views=tuple(views))
+    loss = replace(CONTRASTIVE[name], seed=1)
+    if loss.method == "swav": loss._prototypes = torch.nn.Linear(8, loss.n_prototypes, bias=False)   # what prepare_model adds
+    rm = (bt_loss(views[0].r_chosen, views[0].r_rejected) + bt_loss(views[1].r_chosen, views[1].r_rejected)) / 2
+    z1, z2 = instances(views[0], loss.instances), instances(views[1], loss.instances)
+    if loss.method == "simcse": cl = simcse_loss(z1, z2, loss.temperature, gather=False)
+    else: cl = swav_loss(z1, z2, loss._prototypes.weight, loss.temperature, loss.epsilon, loss.sinkhorn_iters)
+    want = rm + loss.beta * cl if loss.beta else rm
+    torch.testing.assert_close(loss(out, {}), want)
+    if loss.instances == "diff":                                             # the instances: f_c − f_r and its negation
+        d = views[0].f_chosen - views[0].f_rejected
+        torch.testing.assert_close(z1, torch.cat([d, -d]))
+    assert loss(out, {}).item() != pytest.approx(rm.item()) or not loss.beta  # the contrastive term counts
+
+
+def test_response_features_put_the_truly_better_response_first(small):
+    "Where the label is wrong, the rejected response is the better one: its features come first."
+    import numpy as np
+    from rmsecrets.contrastive import response_features
+    from rmsecrets.data import PairCollator
+    from rmsecrets.train import pair_forward
+    tok, tr, va = small
+    model = make_reward_model("tiny", tok, seed=0).eval()
+    pairs = va.select(range(16))
+    wrong = np.array(pairs["label_is_wrong"], bool)
+    assert 0 < wrong.sum() < len(wrong)                                          # both kinds of pair in the sample
+    better, worse = response_features(model, pairs, tok.pad_token_id, batch_size=5)
+    with torch.no_grad():
+        out = pair_forward(model, PairCollator(tok.pad_token_id)([{k: r[k] for k in ("chosen_input_ids", "rejected_input_ids")}
+                                                                  for r in pairs]))
+    fc, fr = out.f_chosen.numpy(), out.f_rejected.numpy()
+    np.testing.assert_allclose(better, np.where(wrong[:, None], fr, fc), atol=1e-5)
+    np.testing.assert_allclose(worse, np.where(wrong[:, None], fc, fr), atol=1e-5)

@@ -54,3 +54,46 @@ def test_chat_roles_outside_the_template_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"row 1, field 'chosen': unknown role \('human'"):
         load_preferences(path)
     assert len(load_preferences(path, errors="skip")) == 1
+
+
+ROW_FAULTS = {  # a row-level fault, said with its row and field
+    "wrong role": ("chat.jsonl", (json.dumps({"chosen": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "a"}],
+                                              "rejected": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "b"}]})
+                                  + "\n").encode(), r"row 0, field 'chosen': unknown role"),
+    "empty response": ("empty_response.jsonl", (json.dumps({**GOOD, "chosen": " "}) + "\n").encode(),
+                       r"row 0, field 'chosen': empty response"),
+}
+
+
+@pytest.fixture(scope="module")
+def world_tokenizer(tmp_path_factory):
+    from rmsecrets.world import WorldConfig, save_world
+    out = tmp_path_factory.mktemp("faults") / "w"
+    save_world(WorldConfig(n_train=20, n_validation=5, n_test=5, n_demonstrations=5, n_prompts=5), out)
+    return out / "tokenizer"
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS) + sorted(ROW_FAULTS))
+@pytest.mark.parametrize("command", ["train-rm", "strength"])
+def test_the_cli_says_each_fault_in_one_line(tmp_path, capsys, world_tokenizer, fault, command):
+    "No traceback: exit status 2 and one line on stderr that names the file, then the line or row and the field."
+    from rmsecrets.cli import main
+    name, data, pattern = {**FAULTS, **ROW_FAULTS}[fault]
+    path = write(tmp_path / name, data)
+    code = main([command, "--data", str(path), "--split", "", "--tokenizer", str(world_tokenizer), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    where = re.escape(f"rmsecrets: error: {path}") + pattern if fault in FAULTS else r"rmsecrets: error: " + pattern
+    assert re.match(where, err), err
+
+
+def test_skip_counts_unreadable_json_lines(tmp_path):
+    path = write(tmp_path / "mixed.jsonl", "\n".join([json.dumps(GOOD), "{oops", json.dumps({**GOOD, "chosen": ""}),
+                                                     json.dumps({**GOOD, "chosen": "c"}), "[1,"]).encode())
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 2: not JSON")):
+        load_preferences(path)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 rows and 2 unreadable line\(s\)"):
+        ds, report = load_preferences(path, errors="skip", return_skipped=True)
+    assert len(ds) == 2 and len(report) == 3
+    assert report.counts == {"chosen: empty response": 1, "line: not JSON": 2}
+    assert [(e.path, e.line) for e in report.lines] == [(path, 2), (path, 5)]

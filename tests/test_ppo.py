@@ -176,3 +176,154 @@ def test_a_fresh_critic_is_built_from_the_reward_models_config(tiny_setup):
     from_rm = ppo(copy.deepcopy(sft), rm, tok, prompts, PPOConfig(iterations=0, eval_prompts=4, max_new_tokens=4,
                                                                  progress=False)).critic.state_dict()
     assert all(torch.equal(from_rm[k], ours[k]) for k in ours)                      # the default: the reward model itself
+
+
+class Killed(Exception):
+    "A simulated kill."
+
+
+def _timeless(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("seconds_")} for r in rows]
+
+
+@pytest.mark.parametrize("variant", [{}, {"lora_r": 4, "ptx_coef": 0.5}])
+def test_a_killed_ppo_run_resumes_on_the_same_numbers(tiny_setup, tmp_path, monkeypatch, variant):
+    "Killed after its checkpoint at iteration 2, rerun in the same folder: the history, evaluations and weights of one run."
+    import copy
+    import rmsecrets.ppo as ppo_module
+    from rmsecrets.policy import tokenize_demonstrations
+    from rmsecrets.ppo import PPOConfig, latest_ppo_checkpoint, ppo
+    from rmsecrets.world import WorldConfig, make_demonstrations
+    sft, rm, tok, prompts = tiny_setup
+    demos = tokenize_demonstrations(make_demonstrations(WorldConfig(n_demonstrations=20)), tok, 64)
+    config = PPOConfig(iterations=4, critic_warmup=1, rollout_prompts=8, mini_batch=4, eval_prompts=4, eval_every=1,
+                       max_new_tokens=8, save_every=2, progress=False, **variant)
+    full = ppo(copy.deepcopy(sft), rm, tok, prompts, config, demonstrations=demos, out_dir=tmp_path / "full")
+    real, calls = ppo_module.sample, []
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6: raise Killed   # evaluation 0, then rollout and evaluation of iterations 1, 2: killed in 3's rollout
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ppo_module, "sample", dies)
+    with pytest.raises(Killed):
+        ppo(copy.deepcopy(sft), rm, tok, prompts, config, demonstrations=demos, out_dir=tmp_path / "killed")
+    monkeypatch.setattr(ppo_module, "sample", real)
+    assert latest_ppo_checkpoint(tmp_path / "killed").name == "iteration-00002"
+    resumed = ppo(copy.deepcopy(sft), rm, tok, prompts, config, demonstrations=demos, out_dir=tmp_path / "killed")
+    assert _timeless(resumed.history) == _timeless(full.history) and resumed.evals == full.evals
+    a, b = full.policy.state_dict(), resumed.policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c, d = full.critic.state_dict(), resumed.critic.state_dict()
+    assert all(torch.equal(c[k], d[k]) for k in c)
+    read = lambda name, folder: [json.loads(l) for l in (tmp_path / folder / name).read_text().splitlines()]
+    assert _timeless(read("history.jsonl", "killed")) == _timeless(read("history.jsonl", "full"))
+    assert read("evals.jsonl", "killed") == read("evals.jsonl", "full")
+    assert (tmp_path / "killed" / "policy" / "model.safetensors").read_bytes() == (tmp_path / "full" / "policy" / "model.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------- positions: the ratio, the KL and the critic read the right tokens
+def _alone(model, s, i, pad):
+    "Row i's prompt and response tokens, without padding, in one forward of their own."
+    p = s.prompt_ids[i][s.prompt_ids[i] != pad]
+    r = s.response_ids[i][s.response_mask[i].bool()]
+    return p, r, torch.cat([p, r])[None]
+
+
+def test_logprobs_and_values_sit_at_the_response_tokens_under_left_padding(tiny_setup):
+    "Against a per-sequence forward with no padding at all: an off-by-one slice or wrong positions fail this."
+    from rmsecrets.model import reward_head
+    from rmsecrets.policy import sample
+    from rmsecrets.ppo import response_logprobs, token_values
+    sft, rm, tok, prompts = tiny_setup
+    torch.manual_seed(0)
+    s = sample(sft, tok, prompts[:8], k=1, temperature=1.0, max_new_tokens=10)
+    pad = tok.pad_token_id
+    assert len({int((row != pad).sum()) for row in s.prompt_ids}) > 2      # prompts of several lengths: left padding
+    assert len({int(m.sum()) for m in s.response_mask}) > 1                # responses of several lengths
+    lp, values = response_logprobs(sft, s, pad, temperature=0.8), token_values(rm, s, pad)
+    for i in range(len(s.prompts)):
+        p, r, ids = _alone(sft, s, i, pad)
+        with torch.no_grad():
+            logits = sft(input_ids=ids).logits[0, len(p) - 1:-1] / 0.8        # the logits that predict each response token
+            want = torch.log_softmax(logits.float(), -1).gather(-1, r[:, None])[:, 0]
+            seen = []
+            hook = reward_head(rm).register_forward_hook(lambda mod, args, out: seen.append(out))
+            try: rm(input_ids=ids)
+            finally: hook.remove()
+            v = seen[-1][0, len(p) - 1:-1, 0]                                   # V of the state before each response token
+        n = len(r)
+        torch.testing.assert_close(lp[i, :n], want, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(values[i, :n], v.float(), atol=2e-5, rtol=1e-4)
+        assert not lp[i, n:].any() and not values[i, n:].any()                 # zero on the padding
+
+
+# ---------------------------------------------------------------- every PPO-max switch, run once, its effect seen
+@pytest.fixture
+def seen(monkeypatch):
+    "What PPO hands token_rewards, policy_loss and value_loss, call by call."
+    import rmsecrets.ppo as ppo_module
+    calls = {"token_rewards": [], "policy_loss": [], "value_loss": []}
+    for name in calls:
+        real = getattr(ppo_module, name)
+        def spy(*args, _real=real, _name=name, **kwargs):
+            out = _real(*args, **kwargs)
+            calls[_name].append((args, kwargs, out))
+            return out
+        monkeypatch.setattr(ppo_module, name, spy)
+    return calls
+
+
+def _run(tiny_setup, **overrides):
+    import copy
+    from rmsecrets.ppo import PPOConfig, ppo
+    sft, rm, tok, prompts = tiny_setup
+    demos = overrides.pop("_demos", None)
+    config = PPOConfig(**{**dict(iterations=2, critic_warmup=1, rollout_prompts=8, mini_batch=8, eval_prompts=4, eval_every=0,
+                                 max_new_tokens=8, progress=False), **overrides})
+    return ppo(copy.deepcopy(sft), rm, tok, prompts, config, demonstrations=demos)
+
+
+def test_reward_norm_and_clip(tiny_setup, seen):
+    _run(tiny_setup, reward_norm=False, reward_clip=None, kl_coef=0.0)
+    (score, lp, ref, mask, beta), _, (rewards, kl) = seen["token_rewards"][-1]
+    raw = score.clone()
+    last = mask.sum(1).long() - 1
+    torch.testing.assert_close(rewards[torch.arange(len(raw)), last], raw)     # β = 0: the raw score at the last token only
+    rewards[torch.arange(len(raw)), last] = 0
+    assert not rewards.any() and raw.abs().max() > 0.05
+    seen["token_rewards"].clear()
+    _run(tiny_setup, reward_clip=0.05)                                          # normalised, then clipped to ±0.05
+    scores = torch.cat([args[0] for args, _, _ in seen["token_rewards"]])
+    assert scores.abs().max() <= 0.05 + 1e-7 and (scores.abs() > 0.05 - 1e-7).float().mean() > 0.5
+
+
+def test_whitened_advantages_and_the_value_clip(tiny_setup, seen):
+    from rmsecrets.ppo import masked_mean
+    _run(tiny_setup)                                                            # whitened (default), value clip 0.2
+    args, _, _ = seen["policy_loss"][-1]
+    adv_w, mask = args[2], args[3]
+    _run(tiny_setup, whiten_advantages=False, value_clip=None)
+    args, _, _ = seen["policy_loss"][-1]
+    adv_raw = args[2]
+    mean_w = masked_mean(adv_w, mask)
+    assert abs(mean_w.item()) < 1e-4 and masked_mean((adv_w - mean_w) ** 2, mask).item() == pytest.approx(1.0, abs=1e-3)
+    assert abs(masked_mean(adv_raw, args[3]).item()) > 1e-3                     # the raw GAE advantages are not centred
+    clips = {c[0][4] if len(c[0]) > 4 else c[1].get("value_clip") for c in seen["value_loss"]}
+    assert clips == {0.2, None}
+    values, old, returns, m, clip = seen["value_loss"][-1][0]
+    torch.testing.assert_close(seen["value_loss"][-1][2], 0.5 * masked_mean((values - returns) ** 2, m))   # unclipped
+
+
+def test_the_ptx_loss_pulls_the_policy_towards_the_demonstrations(tiny_setup):
+    "ptx_coef > 0: the policy's loss on the demonstrations falls further than without it, from the same start."
+    from rmsecrets.policy import tokenize_demonstrations
+    from rmsecrets.world import WorldConfig, make_demonstrations
+    sft, rm, tok, prompts = tiny_setup
+    demos = tokenize_demonstrations(make_demonstrations(WorldConfig(n_demonstrations=16)), tok, 64)
+    from transformers import DataCollatorForSeq2Seq
+    batch = DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt")([demos[i] for i in range(16)])
+    nll = lambda policy: policy(**batch).loss.item()
+    kw = dict(lr=3e-3, iterations=3, _demos=demos)
+    without, with_ptx = _run(tiny_setup, ptx_coef=0.0, **kw), _run(tiny_setup, ptx_coef=5.0, **kw)
+    with torch.no_grad():
+        assert nll(with_ptx.policy) < nll(without.policy) and nll(with_ptx.policy) < nll(sft)

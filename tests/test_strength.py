@@ -58,8 +58,8 @@ def test_out_of_fold_never_scores_a_pair_with_a_model_that_trained_on_it(pairs, 
     trained_on, events = {}, []
     real_voter, real_score = S.train_voter, S.score_pairs
 
-    def voter(ds, tokenizer, config, m, fold=0):
-        model = real_voter(ds, tokenizer, config, m, fold)
+    def voter(ds, tokenizer, config, m, fold=0, out_dir=None):
+        model = real_voter(ds, tokenizer, config, m, fold, out_dir)
         trained_on[id(model)] = set(ds["pair_id"])
         return model
 

@@ -149,7 +149,8 @@ def test_compare_voters_ratios_to_the_full_run_of_the_same_call(world, monkeypat
     assert calls == ["full"]                                          # the reference is run once
     assert [r["voter"] for r in rows] == ["full", "cheap", "bad"]
     assert [r["cost_ratio"] for r in rows] == [1.0, 0.25, 0.125]
-    assert rows[0]["d_auroc_wrong"] == 0.0 and rows[2]["d_auroc_wrong"] < -0.1
+    assert rows[2]["d_auroc_wrong"] == pytest.approx(rows[2]["auroc_wrong"] - rows[0]["auroc_wrong"]) and rows[2]["d_auroc_wrong"] < -0.1
+    assert rows[0]["auroc_wrong"] > 0.9 and rows[2]["auroc_wrong"] < 0.7                # a sharp vote and a noisy one
     assert cheapest_within(rows)["voter"] == "cheap"
     assert cheapest_within(rows, tol=1.0)["voter"] == "bad"
     with pytest.raises(KeyError, match="unknown voters"): compare_voters(pairs, ds, tok, ("nope",), CFG)
@@ -159,10 +160,16 @@ def test_compare_votes_matches_strength_summary(world):
     tok, ds, pairs = world
     votes = {"full": VOTERS["full"](pairs, tok, CFG), "single": VOTERS["single"](pairs, tok, CFG)}
     rows = compare_votes(ds, votes)
-    s = strength_summary(annotate(ds, votes["single"]))
-    assert rows[1]["auroc_wrong"] == s["auroc_wrong"] and rows[1]["auroc_injected"] == s["auroc_injected"]
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+    mean = {n: (v.chosen_scores - v.rejected_scores).mean(0) for n, v in votes.items()}     # μ̂ by hand, per voter
+    wrong = np.array(ds["label_is_wrong"], bool)
+    for row, name in zip(rows, ("full", "single")):                                      # against scikit-learn and scipy
+        assert row["auroc_wrong"] == pytest.approx(roc_auc_score(wrong, -mean[name]))
+        assert row["spearman_full"] == pytest.approx(spearmanr(mean[name], mean["full"]).statistic)
+    assert rows[1]["d_auroc_wrong"] == pytest.approx(roc_auc_score(wrong, -mean["single"]) - roc_auc_score(wrong, -mean["full"]))
+    assert rows[1]["spearman_full"] < 0.999 and rows[1]["d_auroc_wrong"] != 0        # two different votes
     assert rows[1]["cost_ratio"] == pytest.approx(votes["single"].seconds / votes["full"].seconds)
-    assert rows[0]["spearman_full"] == pytest.approx(1.0)
 
 
 @pytest.mark.skipif(not HAS_PEFT, reason="peft is not installed")
