@@ -470,6 +470,8 @@ def run(argv: list[str] | None = None) -> dict:
     args.command_line = shlex.join(["rmsecrets", *argv])   # recorded in the model cards
     holder = args.command in FOLDER_COMMANDS and os.environ.get("RANK", "0") == "0"   # accelerate launch: process 0
     if holder: claim_folder(args.out, run_settings(args), args.command_line, args.overwrite)
+    if args.command in FOLDER_COMMANDS and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _state().wait_for_everyone()   # no process looks in --out before process 0 has claimed it (and emptied it, --overwrite)
     try: return args.func(args)
     finally:
         if holder: release_folder(args.out)

@@ -100,6 +100,19 @@ def test_train_rm_runs_under_accelerate_launch_with_two_processes(world, tmp_pat
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
 
 
+def test_overwrite_under_two_processes_starts_the_folder_again(world, tmp_path):
+    "Process 0 empties the folder before any process looks in it for a checkpoint to resume from."
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli", "train-rm", "--data", str(world),
+              "--out", str(tmp_path / "ddp"), "--max-steps", "6", "--save-every", "2", "--max-length", "64", "--progress", "false"]
+    env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    sh(*launch, env=env)
+    again = sh(*launch, "--lr", "0.01", "--overwrite", env=env)
+    m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert m["config"]["lr"] == 0.01 and m["steps"] == 6 and m["num_processes"] == 2
+    assert "resumed from" not in again.stdout + again.stderr
+
+
 def test_strength_under_two_processes_writes_once(world, tmp_path):
     run = sh(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
              "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli", "strength", "--data",
