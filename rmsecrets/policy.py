@@ -150,7 +150,7 @@ class SFTConfig:
     schedule: str = "cosine"       # decay after warm-up: "cosine", "linear" or "constant_with_warmup"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"    # "no", "bf16" or "fp16" (accelerate); "auto": bf16 on a GPU that has it
+    mixed_precision: str = "no"    # "no", "bf16" or "fp16" (accelerate); "auto": `resolve_precision` (bf16, or fp16 on a T4)
     log_every: int = 1             # write a metrics line every this many steps
     eval_every: int = 0            # SFT has no evaluation set: kept 0
     save_every: int = 0            # checkpoint every this many steps (0: none); a rerun resumes from the newest

@@ -57,6 +57,7 @@ LLAMA2_7B = ModelShape(vocab=32000, hidden=4096, layers=32, heads=32, kv_heads=3
 GPUS = {  # memory (GB), dense bf16 peak (TFLOP/s) and memory bandwidth (TB/s), from the vendors' data sheets (SXM)
     "H100": dict(memory=80, tflops=989, bandwidth=3.35),
     "A100": dict(memory=80, tflops=312, bandwidth=2.04),
+    "T4": dict(memory=16, tflops=65, bandwidth=0.32),   # PCIe; no bf16: its 65 TFLOP/s are fp16 (tensor cores)
 }
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Setup:
     seq_len: int = 512            # tokens per padded sequence (TrainConfig.max_length)
     gpu: str = "H100"             # a key of GPUS
     mfu: float = 0.4              # share of the bf16 peak a training step achieves (assumed; 0.3–0.5 is typical)
+    frozen_bytes: int = 2         # bytes per frozen weight: 2 in bf16; 4 where float32 weights run under autocast (fp16 on a T4)
 
     @property
     def label(self) -> str:
@@ -79,12 +81,12 @@ class Setup:
             ", ckpt" if self.checkpointing else "")
 
 def state_bytes(trainable: int,  # Ψ_train, parameters with gradients and AdamW states
-                frozen: int,  # parameters held without gradients (bf16)
+                frozen: int,  # parameters held without gradients (`setup.frozen_bytes` each: 2 in bf16)
                 setup: Setup) -> dict:
     """Weights, gradients and AdamW states per GPU, in bytes, under the setup's ZeRO stage."""
     shard = lambda x, stage: x / setup.n_gpus if setup.zero >= stage else x
-    # M = 2 Ψ_all / N₃ + 2 Ψ_train / N₂ + 12 Ψ_train / N₁
-    return {"weights": shard(2 * (trainable + frozen), 3), "gradients": shard(2 * trainable, 2),
+    # M = (2 Ψ_train + b Ψ_frozen) / N₃ + 2 Ψ_train / N₂ + 12 Ψ_train / N₁   (b = 2 in bf16)
+    return {"weights": shard(2 * trainable + setup.frozen_bytes * frozen, 3), "gradients": shard(2 * trainable, 2),
             "optimizer": shard(12 * trainable, 1)}
 
 # %% ../nbs/11_scale.ipynb #c5e16d61
@@ -220,7 +222,8 @@ def stage_cost(stage: str,  # "train-rm", "strength", "sft", "ppo" or "metarm"
         (p_train, p_frozen), (c_train, c_frozen) = _trainable(shape, "lm", r), _trainable(shape, "reward", r)
         state = {k: a + b for (k, a), b in zip(state_bytes(p_train, p_frozen, setup).items(),
                                                state_bytes(c_train, c_frozen, setup).values())}
-        extra = 2 * shape.params("reward") + (0 if r and ref_from_adapter else 2 * shape.params("lm"))   # RM, reference (bf16)
+        b = setup.frozen_bytes                                                              # RM, reference (bf16: 2 bytes)
+        extra = b * shape.params("reward") + (0 if r and ref_from_adapter else b * shape.params("lm"))
         seqs, t = work.rollout_prompts, work.prompt_len + work.new_tokens                  # per GPU and iteration
         kv_cache = 4 * shape.layers * shape.hidden * shape.kv_heads // shape.heads * seqs * t
         activations = max(act("lm", setup.micro_batch, t), act("reward", setup.micro_batch, t), kv_cache)

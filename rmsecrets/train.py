@@ -7,8 +7,8 @@ __all__ = ['LossFn', 'bradley_terry', 'WORLD_TRAIN', 'PairOutput', 'pair_forward
            'FunctionLoss', 'as_reward_loss', 'expected_calibration_error', 'pair_metrics', 'score_pairs', 'evaluate',
            'TrainConfig', 'EpochSampler', 'ShuffleSampler', 'pair_lengths', 'LengthGroupedSampler', 'disable_dropout',
            'save_checkpoint', 'latest_checkpoint', 'reward_statistics', 'card_info', 'NonFiniteLossError',
-           'TrainResult', 'make_accelerator', 'start_run', 'total_steps', 'make_optimizer', 'fit', 'full_state_dict',
-           'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
+           'TrainResult', 'resolve_precision', 'make_accelerator', 'start_run', 'total_steps', 'make_optimizer', 'fit',
+           'full_state_dict', 'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
 
 # %% ../nbs/03_training.ipynb #a11e90f6
 import json
@@ -216,7 +216,7 @@ class TrainConfig:
     max_length: int = 512         # tokens per sequence when the loop has to tokenise
     group_by_length: bool = False # batch pairs of similar length (less padding; other batches than the default order)
     disable_dropout: bool = False # set the model's dropout to 0 before training, in place (TRL's default)
-    mixed_precision: str = "auto" # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
+    mixed_precision: str = "auto" # "auto" (`resolve_precision`: bf16, fp16 with loss scaling on a T4, fp32 on a CPU), "no", "bf16", "fp16"
     eval_every: int = 0           # evaluate every this many steps (0: at the end only)
     eval_batch_size: int = 64     # pairs per evaluation forward
     log_every: int = 10           # write a metrics line every this many steps
@@ -371,13 +371,19 @@ class TrainResult:
     history: list = field(default_factory=list)  # metric lines, as written to metrics.jsonl
     metrics: dict = field(default_factory=dict)  # final evaluation
 
-def _resolve_precision(mp: str) -> str:
+def resolve_precision(mp: str,  # "auto", "no", "bf16" or "fp16"
+                      ) -> str:
+    """accelerate's `mixed_precision` for "auto": bf16 on a GPU that computes in it (compute capability 8 or more: A100,
+    H100, L4), fp16 with loss scaling on one that does not (T4, V100), "no" (float32) on a CPU."""
     if mp != "auto": return mp
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if not torch.cuda.is_available(): return "no"
+    # not torch.cuda.is_bf16_supported(): it also says True where bf16 is only emulated (a T4), which is slower than fp32
+    return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
 
 def make_accelerator(config, out_dir: str | Path | None = None) -> Accelerator:
-    """The Accelerator of a run: gradient accumulation, mixed precision and trackers from `config`."""
-    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=_resolve_precision(config.mixed_precision),
+    """The Accelerator of a run: gradient accumulation, mixed precision and trackers from `config`. With fp16, accelerate
+    scales the loss (a `GradScaler`): `backward` scales it, `clip_grad_norm_` and the optimiser step unscale."""
+    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=resolve_precision(config.mixed_precision),
                        log_with=None if config.report_to == "none" else config.report_to,
                        project_dir=str(out_dir) if out_dir else None)
 

