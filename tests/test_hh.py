@@ -1,4 +1,4 @@
-"""The real-model track (12_real_models): the packaged SmolLM2, precision and presets, and `rmsecrets demo --track hh --quick`
+"""The real-model track (13b_real_models): the packaged SmolLM2, precision and presets, and `rmsecrets demo --track hh --quick`
 end to end on real pretrained models, offline."""
 import json
 from pathlib import Path
