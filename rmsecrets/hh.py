@@ -260,7 +260,7 @@ def device_info() -> dict:
     return {"device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
             "precision": resolve_precision("auto"), "torch": torch.__version__}
 
-PUBLISHED = [  # held-out accuracy on hh-rlhf harmless-base test, as reported by others (the references)
+PUBLISHED = [  # held-out accuracy on hh-rlhf harmless-base test, as their authors and RewardBench report it
     {"model": "OpenAssistant DeBERTa-v3-large RM (RewardBench pref-sets)", "accuracy": "0.56–0.59"},
     {"model": "GPT-2-large RM trained on harmless data alone", "accuracy": "≈0.74"},
 ]
