@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['FOLDER_COMMANDS', 'NOT_SETTINGS', 'GROWABLE', 'CLEAN_ERRORS', 'add_config_args', 'config_from_args', 'cmd_world',
            'add_loss_args', 'resolve_loss', 'card_sources', 'resolve_tokenizer', 'add_grouping_arg', 'train_config',
-           'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'cmd_sft', 'cmd_ppo', 'cmd_metarm',
-           'cmd_iterate', 'cmd_config', 'cmd_demo', 'add_data_args', 'build_parser', 'run_settings', 'run', 'main']
+           'cmd_train_rm', 'cmd_eval_rm', 'cmd_strength', 'resolve_voter', 'cmd_sft', 'ppo_config', 'cmd_ppo',
+           'cmd_metarm', 'cmd_iterate', 'cmd_config', 'cmd_demo', 'add_data_args', 'build_parser', 'run_settings',
+           'run', 'main']
 
 # %% ../nbs/14_cli.ipynb #0e63d2a3
 import argparse
@@ -232,12 +233,18 @@ def cmd_sft(args: argparse.Namespace) -> dict:
     if _main_process(): print(json.dumps(summary, indent=2))
     return summary
 
+def ppo_config(args: argparse.Namespace):
+    """`PPOConfig` of `--preset` (`PPO_PRESETS`), then every flag given on the command line."""
+    from rmsecrets.ppo import PPO_PRESETS, PPOConfig
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig) if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(PPOConfig(**PPO_PRESETS[args.preset]), **given)
+
 def cmd_ppo(args: argparse.Namespace) -> dict:
     """Train a policy with PPO-max on a reward model; write history, evaluations and the policy to `--out`."""
     from rmsecrets.model import load_reward_model
     from rmsecrets.policy import gold_scores, load_policy
-    from rmsecrets.ppo import PPOConfig, ppo
-    config = config_from_args(args, PPOConfig)
+    from rmsecrets.ppo import ppo
+    config = ppo_config(args)
     policy, tokenizer = load_policy(args.policy, dtype=scale_dtype(args))
     reward_model, rm_tokenizer = load_reward_model(args.reward_model, dtype=scale_dtype(args))
     if config.reward_mean is None and getattr(reward_model.config, "mean", None) is not None:   # written by train-rm
@@ -282,13 +289,17 @@ def cmd_metarm(args: argparse.Namespace) -> dict:
 def cmd_iterate(args: argparse.Namespace) -> dict:
     """Iterative RLHF: R rounds of meta set → reward-model update → PPO; rounds.json and every round's models in `--out`."""
     from rmsecrets.data import tokenize_pairs
-    from rmsecrets.iterative import IterativeConfig, iterate
+    from rmsecrets.iterative import IterativeConfig, gold_part_scores, iterate
     from rmsecrets.model import load_reward_model
     from rmsecrets.policy import gold_scores, load_policy
     from rmsecrets.ppo import PPOConfig
     from rmsecrets.train import TrainConfig
     rm_config, ppo_config = config_from_args(args, TrainConfig, prefix="rm_"), config_from_args(args, PPOConfig, prefix="ppo_")
     config = config_from_args(args, IterativeConfig, rm=rm_config, ppo=ppo_config)
+    world_file = Path(args.data) / "world_config.json"
+    if config.fresh_pairs and not world_file.exists():   # before anything is loaded
+        raise SystemExit(f"--fresh-pairs {config.fresh_pairs}: fresh labels come from the world's annotators, and "
+                         f"{args.data} is not a world folder (no world_config.json)")
     policy, tokenizer = load_policy(args.policy)
     reward_model, rm_tokenizer = load_reward_model(args.reward_model)
     if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -302,8 +313,10 @@ def cmd_iterate(args: argparse.Namespace) -> dict:
     valid = (tokenize_pairs(load_pairs(args.data, args.eval_split, args.errors)[0], rm_tokenizer, rm_config.max_length,
                             errors=args.errors) if args.eval_split else None)
     meta = list(load_table(args.meta_data, "prompts", ("prompt",))[0]["prompt"]) if args.meta_data else None
+    world = load_world(args.data)["config"] if world_file.exists() else None
     result = iterate(policy, reward_model.train(), tokenizer, pairs, prompts[:-n_eval], config, eval_prompts=prompts[-n_eval:],
-                     meta_prompts=meta, valid=valid, gold_fn=gold_scores if is_world else None, out_dir=args.out)
+                     meta_prompts=meta, valid=valid, gold_fn=gold_scores if is_world else None,
+                     parts_fn=gold_part_scores if is_world else None, world=world, out_dir=args.out)
     summary = {"out": str(args.out), "rm_update": config.rm_update, "rounds": result.rounds}
     if _main_process():
         write_json(Path(args.out) / "rounds.json", summary)
@@ -393,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(sft, SFTConfig)
     sft.set_defaults(func=cmd_sft)
 
-    from rmsecrets.ppo import PPOConfig
+    from rmsecrets.ppo import PPO_PRESETS, PPOConfig
     pp = sub.add_parser("ppo", help="PPO-max on a reward model, from an SFT policy (gold reward tracked on world prompts)")
     pp.add_argument("--policy", required=True, help="a policy folder (from `rmsecrets sft`)")
     pp.add_argument("--reward-model", required=True, help="a reward-model folder (from `rmsecrets train-rm`)")
@@ -401,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--out", required=True, help="folder for history.jsonl, evals.jsonl, metrics.json, policy/")
     pp.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="dtype of the loaded policy and reward model (default: as saved)")
-    add_config_args(pp, PPOConfig)   # --lora-r > 0: LoRA policy and critic, the reference is the adapter switched off
+    pp.add_argument("--preset", default="tiny", choices=list(PPO_PRESETS),
+                    help="tiny: the defaults, for the world's models (β = 0.2); paper-7b: the paper's 7B settings "
+                         "(lr 5e-7, critic 1.5e-6, β = 0.05, 512 new tokens); a flag given overrides its preset value")
+    add_config_args(pp, PPOConfig, unset=True)   # --lora-r > 0: LoRA policy and critic, the reference is the adapter switched off
     pp.set_defaults(func=cmd_ppo)
 
     from rmsecrets.iterative import IterativeConfig
@@ -479,7 +495,8 @@ def run_settings(args: argparse.Namespace) -> dict:
         if isinstance(v, str) and v and Path(v).exists(): return str(Path(v).resolve())
         return v
     skip = NOT_SETTINGS | GROWABLE.get(args.command, set())
-    return {k: canon(v) for k, v in sorted(vars(args).items()) if k not in skip}
+    return {k: v if k == "command" else canon(v)   # the subcommand's name is no path, even beside a folder `demo/`
+            for k, v in sorted(vars(args).items()) if k not in skip}
 
 def run(argv: list[str] | None = None) -> dict:
     """Run one `rmsecrets` subcommand and return its summary; a command that writes a folder holds it while it runs."""

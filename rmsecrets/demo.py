@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DEMO_SCALES', 'DEMO_PPO', 'PAPER_STRENGTH', 'fmt_ms', 'DemoScale', 'Report', 'table', 'verdict', 'versus_text',
            'StageClock', 'StageCache', 'demo_strength', 'demo_label_tricks', 'demo_contrastive', 'over_optimisation',
-           'demo_ppo', 'demo_iterative', 'run_demo']
+           'demo_ppo', 'demo_iterative', 'between_text', 'run_demo']
 
 # %% ../nbs/13_demo.ipynb #b0c4c23b
 import json
@@ -20,7 +20,7 @@ from .contrastive import SHIFTED_WORLD, compare_contrastive, plot_features, resp
 from .core import default_workers, versus, write_json, write_text
 from .data import tokenize_pairs
 from .iterative import (IterativeConfig, compare_iterative, final_differences, plot_differences, plot_rounds,
-                                 summarise_rounds)
+                                 recovered_share, summarise_rounds)
 from .losses import LABEL_TRICKS, compare_tricks, plot_tricks, summarise_tricks
 from .model import load_reward_model, make_reward_model, save_reward_model
 from .policy import SFTConfig, load_policy, make_policy, train_sft
@@ -52,6 +52,7 @@ class DemoScale:
     rm_update_steps: int = 30     # steps of each round's reward-model update
     round_iterations: int = 15    # PPO iterations of each round
     round_critic_warmup: int = 3
+    fresh_pairs: int = 400        # stage 7: the fresh-label control's new labelled pairs a round
     workers: int = 0              # processes for independent runs (voters, seeds, variants); 0: `default_workers()`
 
 DEMO_SCALES = {
@@ -59,7 +60,7 @@ DEMO_SCALES = {
     "quick": DemoScale(world=dict(n_train=1200, n_validation=300, n_test=300, n_demonstrations=200, n_prompts=100),
                        rm_epochs=1, voters=3, oof_voters=3, seeds=1, shifted_pairs=300, sft_epochs=1, eval_prompts=32,
                        ppo_iterations=6, ppo_eval_every=3, ppo_critic_warmup=2, rounds=2, meta_prompts=16,
-                       rm_update_steps=4, round_iterations=3, round_critic_warmup=1),
+                       rm_update_steps=4, round_iterations=3, round_critic_warmup=1, fresh_pairs=40),
 }
 DEMO_PPO = dict(lr=1e-4, kl_coef=0.2)   # the world's PPO settings: β = 0.2 (08_ppo's sweep: 0.05 over-optimises a tiny RM)
 PAPER_STRENGTH = {"share_negative": 0.25, "agreement_weakest": 0.164, "agreement_near_zero": 0.544,
@@ -332,7 +333,8 @@ def demo_ppo(report: Report, world: dict, rm_bt, annotated, valid, tok, out: Pat
 
 # %% ../nbs/13_demo.ipynb #d4cecefc
 def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, s: DemoScale, seed: int) -> dict:
-    """Demo stage: rounds of meta set → reward-model update → PPO, MetaRM against a plain update, gold per round."""
+    """Demo stage: rounds of meta set → reward-model update → PPO; MetaRM against a plain update, no update and fresh
+    labels, gold per round, and where MetaRM stands between no update and fresh labels."""
     import matplotlib.pyplot as plt
     prompts = list(world["prompts"]["prompt"])
     n_eval = s.eval_prompts
@@ -341,17 +343,23 @@ def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, s: Demo
                              rm=TrainConfig(max_steps=s.rm_update_steps, lr=1e-3, max_length=64, progress=False),
                              ppo=PPOConfig(iterations=s.round_iterations, critic_warmup=s.round_critic_warmup,
                                            eval_every=0, eval_prompts=n_eval, progress=False, **DEMO_PPO))
-    seeds = tuple(seed + i for i in range(s.seeds))   # 10_iterative has three, and four rounds
-    runs = compare_iterative(sft, rm_bt, tok, tr, train_prompts, eval_prompts,
-                             {"MetaRM": {"rm_update": "metarm"}, "vanilla": {"rm_update": "vanilla"}}, seeds, config,
-                             workers=s.workers, valid=va)
+    seeds = tuple(seed + i for i in range(s.seeds))   # 10_iterative has five, and four rounds
+    updates = {"MetaRM": {"rm_update": "metarm"}, "plain update": {"rm_update": "vanilla"}, "no update": {"rm_update": "fixed"},
+               "fresh labels": {"rm_update": "vanilla", "fresh_pairs": s.fresh_pairs}}
+    runs = compare_iterative(sft, rm_bt, tok, tr, train_prompts, eval_prompts, updates, seeds, config,
+                             workers=s.workers, valid=va, world=world["config"])
     summary = summarise_rounds(runs)
     last = {r["update"]: r for r in summary if r["round"] == config.rounds}
+    share = {u: recovered_share(runs, u) for u in ("MetaRM", "plain update")}
     report.add(f"## 7. Iterative RLHF with MetaRM\n\n{config.rounds} rounds from the stage-6 SFT policy and the stage-2 reward "
                f"model, seeds {', '.join(map(str, seeds))}. Each round samples a meta set from the current policy "
                f"({config.meta_prompts} prompts × {config.k}, temperature {config.meta_temperature}), updates the reward model "
-               f"for {config.rm.max_steps} steps on the pairs — with MetaRM (η = {config.eta}) or with the plain loss, the "
-               f"control — then runs {config.ppo.iterations} PPO iterations from the current policy. The reward model is "
+               f"for {config.rm.max_steps} steps on the pairs — with MetaRM (η = {config.eta}), with the plain loss (the "
+               f"control), not at all, or with the plain loss on the pairs plus {s.fresh_pairs} fresh pairs a round (the "
+               "meta set's samples labelled by the world's annotators: the upper bound of a method without labels) — then "
+               f"runs {config.ppo.iterations} PPO iterations from the current policy (β = {config.ppo.kl_coef} to "
+               + ("the SFT policy in every round" if config.kl_reference == "sft" else "the round's starting policy")
+               + "). The reward model is "
                f"measured after its update on {n_eval} held-out prompts × {config.k} samples of the current policy "
                "(mean ± seed-to-seed std):\n\n" + table(
                    [{"update": r["update"], "round": r["round"], "gold after the round": f"{r['gold']:.2f} ± {r['gold_std']:.2f}",
@@ -359,17 +367,36 @@ def demo_iterative(report: Report, world: dict, rm_bt, sft, tr, va, tok, s: Demo
                      "normalised \\|Δr\\|": f"{r['normalised_spread']:.3f} ± {r['normalised_spread_std']:.3f}" if r["round"] else "",
                      "validation accuracy": f"{r['validation_accuracy']:.3f} ± {r['validation_accuracy_std']:.3f}" if r["round"] else ""}
                     for r in summary])
-               + f"\n\nAfter the last round, MetaRM minus the control: gold reward {versus_text(last['MetaRM'], last['vanilla'], 'gold', len(seeds))}; "
-               f"ranking accuracy against gold on the policy's samples {versus_text(last['MetaRM'], last['vanilla'], 'ranking_vs_gold', len(seeds))}; "
-               f"normalised |Δr| {versus_text(last['MetaRM'], last['vanilla'], 'normalised_spread', len(seeds))}; validation accuracy "
-               f"{versus_text(last['MetaRM'], last['vanilla'], 'validation_accuracy', len(seeds))}.")
+               + f"\n\nAfter the last round, MetaRM minus the control: gold reward {versus_text(last['MetaRM'], last['plain update'], 'gold', len(seeds))}; "
+               f"ranking accuracy against gold on the policy's samples {versus_text(last['MetaRM'], last['plain update'], 'ranking_vs_gold', len(seeds))}; "
+               f"normalised |Δr| {versus_text(last['MetaRM'], last['plain update'], 'normalised_spread', len(seeds))}; validation accuracy "
+               f"{versus_text(last['MetaRM'], last['plain update'], 'validation_accuracy', len(seeds))}.\n\n"
+               + between_text(last, share, len(seeds)))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.3))
     plot_rounds(runs, a1)
     plot_differences({name: np.concatenate([final_differences(r, tok, eval_prompts) for r in runs if r["name"] == name])
-                      for name in ("MetaRM", "vanilla")}, a2)
+                      for name in ("MetaRM", "plain update", "fresh labels")}, a2)
     report.figure(fig, "iterative", "Gold reward after each round (0: SFT), and normalised |Δr| of the last reward model among "
                   "the last policy's samples")
-    return {"summary": summary, "rounds": [{k: v for k, v in r.items() if k != "result"} for r in runs]}
+    return {"summary": summary, "share": share, "rounds": [{k: v for k, v in r.items() if k != "result"} for r in runs]}
+
+def between_text(last: dict,  # update -> its `summarise_rounds` row after the last round
+                 share: dict,  # "MetaRM", "plain update" -> `recovered_share` rows, one per round
+                 seeds: int) -> str:
+    """The verdict on where MetaRM stands between no update (0) and fresh labels (1) after the last round."""
+    fresh = versus(last["fresh labels"], last["no update"], "gold")
+    m, p = share["MetaRM"][-1], share["plain update"][-1]
+    head = (f"Where MetaRM stands between no update and fresh labels: fresh labels minus no update after the last round, "
+            f"{versus_text(last['fresh labels'], last['no update'], 'gold', seeds)}. ")
+    if seeds < 2 or not fresh["beyond"] or fresh["diff"] <= 0:
+        return head + ("Fresh labels do not gain beyond the seed spread over no update, so MetaRM's place between them is "
+                       "not measurable at this size." if seeds >= 2 else "With one seed there is no spread to place it by.")
+    rough = f", a rough one with {seeds} seeds" if seeds < 5 else ""
+    return head + (f"On a scale from no update (0) to fresh labels (1), MetaRM sits at {m['share']:.2f} (95% bootstrap "
+                   f"interval over the {seeds} seeds {m['lo']:.2f} to {m['hi']:.2f}{rough}) and the plain update at "
+                   f"{p['share']:.2f} ({p['lo']:.2f} to {p['hi']:.2f}): MetaRM recovers "
+                   f"{'more' if m['share'] > p['share'] else 'less'} of the fresh-label gain than another epoch on the old "
+                   f"pairs does{', with intervals that overlap' if m['lo'] <= p['hi'] and p['lo'] <= m['hi'] else ''}.")
 
 # %% ../nbs/13_demo.ipynb #390e09dc
 def run_demo(out: str | Path = "demo",  # the folder of the report, its figures, metrics.json and every stage's artefacts

@@ -364,7 +364,7 @@ def run_hh_track(out: str | Path = "demo-hh",  # report.md, its figures, metrics
                              "tested on": f"B ({len(eB)})", "accuracy": eres.metrics["accuracy"], "ECE": eres.metrics["ece"]})
             agree = float((pair_scores(judge, B_tok, pad, evalbs) > 0).mean())   # the judge on its own half: how well it fits
             report.add("## 2. Reward models on held-out human pairs\n\n" + table(rows)
-                       + f"\n\nPublished on the same split (hh-rlhf harmless-base test): "
+                       + "\n\nPublished on the same split (hh-rlhf harmless-base test): "
                        + "; ".join(f"{p['model']}: {p['accuracy']}" for p in PUBLISHED)
                        + f". The judge agrees with {agree:.3f} of its own training labels.")
             rms = stages.save("reward models", {"rows": rows, "judge_train_agreement": agree, "proxy_metrics": res.metrics,
@@ -463,11 +463,11 @@ def run_hh_track(out: str | Path = "demo-hh",  # report.md, its figures, metrics
         if (it := stages.load("metarm round")) is None:
             rows, it = [], {}
             for v in s.round2:
-                cfg = IterativeConfig(rounds=1, rm_update=v, eta=s.eta, k=s.meta_k, meta_prompts=s.meta_prompts,
+                cfg = IterativeConfig(rounds=1, rm_update=v, kl_reference="round", eta=s.eta, k=s.meta_k, meta_prompts=s.meta_prompts,
                                       rm=rm_config(s, seed, True, max_steps=s.rm_update_steps, lr=s.rm_update_lr),
                                       ppo=replace(ppo_config, progress=False), seed=seed)
                 r = iterate(policy1, rm, tok, A_tok, prompts, cfg, eval_prompts=held, valid=B_tok.select(range(min(64, len(B_tok)))),
-                            gold_fn=gold, out_dir=out / f"round2-{v}")
+                            gold_fn=gold, parts_fn=None, out_dir=out / f"round2-{v}")
                 w = win_rate(r.policy, sft, tok, judge, held, s, seed)
                 row = r.rounds[0]
                 it[v] = {"row": row, "win": w}

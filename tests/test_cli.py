@@ -45,9 +45,12 @@ def test_demo_quick_writes_the_report(demo_quick):
     assert bt["name"] == "bt RM" and np.isfinite(bt["gold"]) and f"| bt RM | {bt['gold_start']:.2f} |" in report
     assert (tmp_path / "demo" / "sft" / "model" / "model.safetensors").exists()
     rounds = metrics["iterative"]["summary"]
-    assert [(r["update"], r["round"]) for r in rounds] == [(u, i) for u in ("MetaRM", "vanilla") for i in (0, 1, 2)]
+    assert [(r["update"], r["round"]) for r in rounds] == [(u, i) for u in ("MetaRM", "plain update", "no update", "fresh labels") for i in (0, 1, 2)]
     last = rounds[2]
     assert f"| MetaRM | 2 | {last['gold']:.2f} ± {last['gold_std']:.2f} | {last['ranking_vs_gold']:.3f}" in report
+    assert "Where MetaRM stands between no update and fresh labels" in report
+    fresh = [row for r in metrics["iterative"]["rounds"] if r["name"] == "fresh labels" for row in r["rounds"]]
+    assert [row["fresh_pairs"] for row in fresh] == [40, 40] and "MetaRM" in metrics["iterative"]["share"]
     assert set(metrics["stage_seconds"]) >= {"strength", "policy", "iterative"}
     gflop = metrics["stage_gflop"]                                   # the FLOP account: every stage computed something
     assert set(gflop) == set(metrics["stage_seconds"]) and all(v > 0 for k, v in gflop.items() if k != "world")
@@ -188,3 +191,29 @@ def test_rows_without_a_seed_count_take_it_from_the_caller():
     from rmsecrets.demo import versus_text
     row = lambda x: {"gold": x, "gold_std": 0.0}                   # summarise_rounds' rows carry no "seeds"
     assert versus_text(row(1.0), row(0.5), "gold", seeds=1) == "+0.500 (one seed, so no spread to judge by)"
+
+
+def test_where_metarm_stands_follows_the_numbers():
+    """The demo's verdict places MetaRM between no update and fresh labels only when fresh labels gain beyond the spread."""
+    from rmsecrets.demo import between_text
+    row = lambda g: {"gold": g, "gold_std": 0.05, "seeds": 2}
+    share = lambda s: [{"round": 1, "share": s, "lo": s - 0.1, "hi": s + 0.1}]
+    gain = {"fresh labels": row(2.0), "no update": row(1.0)}
+    text = between_text(gain, {"MetaRM": share(0.6), "plain update": share(0.3)}, 2)
+    assert "MetaRM sits at 0.60 (95% bootstrap interval over the 2 seeds 0.50 to 0.70, a rough one with 2 seeds)" in text
+    assert "the plain update at 0.30" in text and "recovers more of the fresh-label gain" in text
+    assert "overlap" not in text and "overlap" in between_text(gain, {"MetaRM": share(0.4), "plain update": share(0.3)}, 2)
+    flat = {"fresh labels": row(1.05), "no update": row(1.0)}                  # within the spread: no place to give
+    assert "not measurable" in between_text(flat, {"MetaRM": share(9.0), "plain update": share(1.0)}, 2)
+    assert "one seed" in between_text(gain, {"MetaRM": share(0.6), "plain update": share(0.3)}, 1)
+
+
+def test_a_folder_named_like_the_subcommand_leaves_the_settings_alone(tmp_path, monkeypatch):
+    """`rmsecrets demo --out demo` makes ./demo; its rerun must record the same settings, not take the subcommand
+    `demo` for the path ./demo (which refused every such rerun as a changed command)."""
+    from rmsecrets.cli import build_parser, run_settings
+    monkeypatch.chdir(tmp_path)
+    args = lambda: build_parser().parse_args(["demo", "--out", "demo", "--quick"])
+    before = run_settings(args())
+    (tmp_path / "demo").mkdir()
+    assert run_settings(args()) == before and before["command"] == "demo"

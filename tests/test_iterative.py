@@ -83,3 +83,53 @@ def test_iterate_under_two_processes(stages):
     (row,) = json.loads((d / "it2" / "rounds.json").read_text())["rounds"]
     assert row["round"] == 1 and np.isfinite(row["gold"]) and "ranking_vs_gold" in row["after"]
     assert json.loads((d / "it2" / "round_1" / "ppo" / "metrics.json").read_text())["num_processes"] == 2
+
+
+def test_fresh_labels_and_kl_reference_settings_are_checked():
+    with pytest.raises(ValueError, match="kl_reference"): IterativeConfig(kl_reference="previous")
+    with pytest.raises(ValueError, match="fresh_pairs"): IterativeConfig(rm_update="fixed", fresh_pairs=10)
+
+
+def test_fresh_labels_accumulate_and_resume_on_the_same_numbers(tmp_path):
+    """Round 2's update learns round 1's fresh pairs too; a run resumed after round 1 reloads them (from round.json)
+    and ends on the uninterrupted run's reward model and gold reward, to the bit."""
+    import torch
+    from dataclasses import replace
+    from rmsecrets.data import tokenize_pairs
+    from rmsecrets.iterative import iterate, world_pairs
+    from rmsecrets.model import make_reward_model
+    from rmsecrets.policy import make_policy
+    from rmsecrets.ppo import PPOConfig
+    from rmsecrets.train import TrainConfig
+    from rmsecrets.world import WorldConfig, make_prompts, make_tokenizer, make_world
+    torch.set_num_threads(1)
+    tok, w = make_tokenizer(), WorldConfig(n_train=120, n_validation=20, n_test=10, n_prompts=40)
+    pairs = tokenize_pairs(make_world(w)["train"], tok, 64)
+    prompts = list(make_prompts(w)["prompt"])
+    config = IterativeConfig(rounds=2, rm_update="vanilla", fresh_pairs=25, kl_reference="sft", meta_prompts=8,
+                             rm=TrainConfig(max_steps=3, lr=1e-3, max_length=64, progress=False),
+                             ppo=PPOConfig(iterations=2, critic_warmup=1, rollout_prompts=8, mini_batch=8, eval_prompts=8,
+                                           eval_every=0, max_new_tokens=8, save_every=0, progress=False))
+    policy, rm = make_policy("tiny", tok, seed=0), make_reward_model("tiny", tok, seed=1)
+    whole = iterate(policy, rm, tok, pairs, prompts[:32], config, eval_prompts=prompts[32:], world=w)
+    assert [r["fresh_pairs"] for r in whole.rounds] == [25, 25]
+    assert all("kl_sft" in r and set(r["parts"]) >= {"helpful", "harm", "rude"} for r in whole.rounds)
+    iterate(policy, rm, tok, pairs, prompts[:32], replace(config, rounds=1), eval_prompts=prompts[32:], world=w,
+            out_dir=tmp_path)
+    resumed = iterate(policy, rm, tok, pairs, prompts[:32], config, eval_prompts=prompts[32:], world=w, out_dir=tmp_path)
+    assert resumed.rounds[1]["gold"] == whole.rounds[1]["gold"]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.reward_model.parameters(), whole.reward_model.parameters()))
+    saved = json.loads((tmp_path / "round_1" / "round.json").read_text())["fresh"]
+    assert len(saved["chosen"]) == 25 and set(saved["noise"]) <= {"none", "annotator", "uniform", "careless"}
+
+
+def test_iterate_command_fresh_pairs_need_a_world(stages, tmp_path):
+    d = stages
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "human : how do i save money ? assistant :", "chosen": "savings income",
+                                 "rejected": "whatever"}) + "\n")
+    out = subprocess.run(["rmsecrets", "iterate", "--data", str(pairs), "--split", "", "--prompts", str(d / "w"),
+                          "--policy", str(d / "sft" / "model"), "--reward-model", str(d / "rm" / "model"),
+                          "--out", str(tmp_path / "it"), "--rm-update", "vanilla", "--fresh-pairs", "10"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "not a world folder" in out.stderr
