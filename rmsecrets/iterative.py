@@ -204,7 +204,8 @@ def iterate(policy,  # the SFT policy (copied)
         done = out_dir / f"round_{r}" if out_dir is not None else None
         if done is not None and (done / "round.json").exists():                    # finished before: load and go on
             saved = json.loads((done / "round.json").read_text())
-            rows.append(saved["row"]); evals.append(saved["evals"]); fresh.append(Dataset.from_dict(saved["fresh"]))
+            rows.append(saved["row"]); evals.append(saved["evals"])
+            fresh.append(Dataset.from_dict(saved.get("fresh", {})))   # its fresh pairs (none in a round saved before them)
             rm, policy = same_attention(load_reward_model(done / "reward_model")[0], reward_model), \
                 same_attention(load_policy(done / "ppo" / "policy")[0], sft)
             continue
