@@ -27,5 +27,5 @@ test: install site-tools  ## notebooks and package in sync, notebooks run, no un
 docs: install site-tools  ## the course's website, offline, into _docs/site (scripts/docs.py); `make docs SERVE=1` serves it on 127.0.0.1:8000
 	$(PYTHON) scripts/docs.py $(if $(SERVE),--serve)
 
-notebooks: install  ## re-execute the lessons in place: fast cells; SLOW=1 adds the slow experiments; NB="05_label_tricks ..." picks some
-	$(PYTHON) scripts/notebooks.py $(if $(SLOW),--slow) $(NB)
+notebooks: install  ## re-execute the lessons in place: fast cells; SLOW=1 adds the slow experiments, REAL=1 the real-model sections; NB="05_label_tricks ..." picks some
+	$(PYTHON) scripts/notebooks.py $(if $(SLOW),--slow) $(if $(REAL),--real) $(NB)

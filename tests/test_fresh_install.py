@@ -92,3 +92,6 @@ def test_notebooks_run_from_a_fresh_install(tmp_path):
     skipped = {Path(r["path"]).name for r in results if any("slow experiment skipped" in t for t in r["texts"])}
     with_slow = {p.name for p in NBS if any("slow" in d for _, d in notebooks.code_cells(json.loads(p.read_text())))}
     assert skipped == with_slow                # "Run all" ran no slow experiment
+    skipped = {Path(r["path"]).name for r in results if any("real-model section skipped" in t for t in r["texts"])}
+    with_real = {p.name for p in NBS if any("real" in d for _, d in notebooks.code_cells(json.loads(p.read_text())))}
+    assert len(with_real) == 8 and skipped == with_real   # ... and no real-model section

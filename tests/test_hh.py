@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from rmsecrets import cli
-from rmsecrets.hh import (HH_SCALES, SMOLLM2, SMOLLM2_135M, GGUF_FILE, pick_scale, resolve_model, smollm2_package,
-                          split_halves, track_estimate)
+from rmsecrets.hh import (HH_SCALES, HH_STAGES, SMOLLM2, SMOLLM2_135M, GGUF_FILE, pick_scale, resolve_model, run_hh_track,
+                          smollm2_package, split_halves, track_estimate)
 from rmsecrets.scale import ModelShape, Setup, state_bytes
 from rmsecrets.train import TrainConfig, make_accelerator, resolve_precision
 from rmsecrets.voters import minilm_folder
@@ -85,13 +85,21 @@ def test_an_unknown_model_offline_is_one_clean_line(tmp_path, capsys, monkeypatc
 
 
 def test_demo_track_hh_quick(tmp_path, smollm2_folder, capsys):
-    """`rmsecrets demo --track hh --quick`: every stage on the packaged SmolLM2 (and MiniLM), a report and metrics."""
+    """`rmsecrets demo --track hh --quick`: every stage on the packaged SmolLM2 (and MiniLM), a report and metrics;
+    first a lesson's "On a real model" call, which runs the stages up to its own and stops."""
     out = tmp_path / "hh"
-    assert cli.main(["demo", "--track", "hh", "--quick", "--out", str(out), "--quiet"]) == 0
+    with pytest.raises(ValueError, match="'strength'"): run_hh_track(out, "quick", until="voting")
+    part = run_hh_track(out, "quick", until="strength", quiet=True)
+    assert list(part["results"]) == ["reward models", "strength"] == list(part["report"]) == list(HH_STAGES[:2])
+    assert part["report"]["strength"].startswith("## 3. Preference strength") and part["ran_on"]["strength"]["device"]
+    assert part["results"]["strength"]["voters"] == 2 and not (out / "metrics.json").exists()
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["reward_models.json", "strength.json"]
+    # the command takes the lesson's folder over (--overwrite: it holds no run.json) and goes on from stage 4
+    assert cli.main(["demo", "--track", "hh", "--quick", "--out", str(out), "--quiet", "--overwrite"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     report = (out / "report.md").read_text()
     for section in ("## 1. Data", "## 2. Reward models", "## 3. Preference strength", "## 4. Label tricks",
-                    "## 5. SFT and PPO-max", "## 6. A MetaRM round", "## What it cost"):
+                    "## 5. SFT on the chosen", "## 6. PPO-max", "## 7. A MetaRM round", "## What it cost"):
         assert section in report
     assert (out / "hh_ppo.png").stat().st_size > 1000
     # each stage's models are the pretrained SmolLM2 (30 layers of 576), saved as plain transformers folders
@@ -104,6 +112,9 @@ def test_demo_track_hh_quick(tmp_path, smollm2_folder, capsys):
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     assert {r["method"] for r in m["label_tricks"]["runs"]} == {"baseline", "flip", "simcse"}
     assert len(m["strength"]["judge_agreement"]) == 3 and 0 <= m["strength"]["share_negative"] <= 1
+    assert m["strength"] == {k: v for k, v in part["results"]["strength"].items() if k != "strength_mean"}
+    w = m["sft"]["win_vs_pretrained"]           # SFT against the pretrained model it started from, under the judge
+    assert 0 <= w["win_rate"] <= 1 and len(w["examples"]) == 2 and all(e["policy"] and e["reference"] for e in w["examples"])
     p = m["policy"]
     assert abs(p["first"]["kl"]) < 1e-4 and p["first"]["gold"] != p["first"]["proxy"]   # judge ≠ proxy; PPO starts at SFT
     assert 0 <= p["win"]["win_rate"] <= 1 and p["last"]["length"] > 0
@@ -118,4 +129,4 @@ def test_demo_track_hh_quick(tmp_path, smollm2_folder, capsys):
     capsys.readouterr()
     assert cli.main(["demo", "--track", "hh", "--quick", "--out", str(out), "--quiet"]) == 0
     again = json.loads((out / "metrics.json").read_text())
-    for k in ("reward_models", "strength", "label_tricks", "policy", "metarm_round"): assert again[k] == m[k], k
+    for k in ("reward_models", "strength", "label_tricks", "sft", "policy", "metarm_round"): assert again[k] == m[k], k

@@ -32,10 +32,9 @@ def outputs(nb: dict):
 
 @pytest.mark.parametrize("path", NBS, ids=lambda p: p.stem)
 def test_outputs_are_current(path):
-    """The outputs come from the code as it is: `make notebooks` (and `SLOW=1`) after changing a notebook's code."""
+    """The outputs come from the code as it is: `make notebooks` (and `SLOW=1`, `REAL=1`) after changing a notebook's code."""
     problems = notebooks.stale(load(path))
-    assert not problems, f"{path.name}: {'; '.join(problems)} — run `make notebooks NB={path.stem}" + \
-        (" SLOW=1`" if any("slow" in p for p in problems) else "`")
+    assert not problems, f"{path.name}: {'; '.join(problems)} — run `{notebooks.advice(path, problems)}`"
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
@@ -69,7 +68,36 @@ def test_staleness_is_detected():
     slow["source"] = slow["source"] + ["\n# edited"]
     assert len(notebooks.stale(nb)) == 1 and "slow" in notebooks.stale(nb)[0]   # a slow edit asks for SLOW=1 only
     del nb["metadata"]["rmsecrets"]
-    assert len(notebooks.stale(nb)) == 2                            # never executed: both are stale
+    assert len(notebooks.stale(nb)) == 3                            # never executed: fast, slow and real-model stale
+    nb["metadata"]["rmsecrets"] = notebooks.code_hashes(nb)
+    real = next(c for c in nb["cells"] if c["cell_type"] == "code" and "real" in notebooks.directives("".join(c["source"])))
+    real["source"] = real["source"] + ["\n# edited"]
+    (problem,) = notebooks.stale(nb)                                 # a real-model edit asks for REAL=1 only
+    assert notebooks.advice(Path("nbs/05_label_tricks.ipynb"), [problem]) == "make notebooks NB=05_label_tricks REAL=1"
+
+
+REAL_STAGES = {"03_training": "reward models", "04_strength": "strength", "05_label_tricks": "label tricks",
+               "06_contrastive": "label tricks", "07_policy": "sft", "08_ppo": "ppo", "09_metarm": "metarm round",
+               "10_iterative": "metarm round"}
+
+
+@pytest.mark.parametrize("stem", REAL_STAGES)
+def test_lessons_run_their_stage_on_a_real_model(stem):
+    """Lessons 03–10 end with "On a real model": its `#| real` cells wait for `REAL_MODEL = False` at the top, run
+    the lesson's own stage of the real-model track, and the committed outputs show that stage's results and machine."""
+    from rmsecrets.hh import HH_STAGES
+    nb, stage = load(ROOT / "nbs" / f"{stem}.ipynb"), REAL_STAGES[stem]
+    h = headings(nb)
+    assert "## On a real model" in h and h.index("## On a real model") == h.index("## What we saw") - 1
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    switch = next(i for i, src in enumerate(code) if "REAL_MODEL" in src)
+    assert "REAL_MODEL = False" in code[switch] and "guard_slow_cells(get_ipython())" in code[switch]
+    real = [i for i, src in enumerate(code) if "real" in notebooks.directives(src)]
+    assert real and switch < real[0] and stage in HH_STAGES and f"real_model_stage({stage!r})".replace("'", '"') in code[real[0]]
+    texts = ["".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/markdown", "")) for src, o in outputs(nb)
+             if "real" in notebooks.directives(src)]
+    assert any(f"stage {stage!r} of the real-model track" in t and "computed on" in t for t in texts), \
+        f"{stem}: its real-model section has no outputs from a run: `make notebooks NB={stem} REAL=1`"
 
 
 # --- the teaching apparatus of every lesson

@@ -3,13 +3,14 @@
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from rmsecrets.core import SLOW_SKIPPED, guard_slow_cells
+from rmsecrets.core import REAL_SKIPPED, SLOW_SKIPPED, guard_slow_cells
 
 
 @pytest.fixture
 def shell(monkeypatch, capsys):
     monkeypatch.delenv("IN_TEST", raising=False)
     monkeypatch.delenv("RMSECRETS_RUN_SLOW", raising=False)
+    monkeypatch.delenv("RMSECRETS_REAL_MODEL", raising=False)
     sh = InteractiveShell.instance()
     sh.run_cell('RUN_SLOW = False\nran = []')
     guard_slow_cells(sh)
@@ -35,3 +36,15 @@ def test_slow_cells_wait_for_the_switch(shell, capsys, monkeypatch):
 def test_a_failing_slow_cell_still_fails(shell):
     shell.run_cell("RUN_SLOW = True")
     assert not shell.run_cell("#| slow\n1 / 0").success
+
+
+def test_real_model_cells_wait_for_their_own_switch(shell, capsys, monkeypatch):
+    shell.run_cell("RUN_SLOW = True\nREAL_MODEL = False")
+    shell.run_cell("#| real\nran.append('real, slow on')")              # RUN_SLOW does not start a real-model section
+    assert shell.user_ns["ran"] == [] and REAL_SKIPPED in capsys.readouterr().out
+    shell.run_cell("REAL_MODEL = True")
+    shell.run_cell("#| real\nran.append('switched on')")
+    shell.run_cell("REAL_MODEL = False")
+    monkeypatch.setenv("RMSECRETS_REAL_MODEL", "1")                       # make notebooks REAL=1
+    shell.run_cell("#| real\nran.append('make notebooks')")
+    assert shell.user_ns["ran"] == ["switched on", "make notebooks"]
