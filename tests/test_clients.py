@@ -4,12 +4,12 @@ OpenRLHF's own code; the saved policy generates with plain `generate` what `rmse
 import inspect
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_process
 
 from rmsecrets.data import join_text, load_preferences, render_messages, tokenize_pairs, transcript_to_messages
 from rmsecrets.model import load_reward_model, make_reward_model, score
@@ -145,11 +145,9 @@ def test_openrlhf_reward_model_class(case, tmp_path):
         card = (case["folder"] / "README.md").read_text()
         assert "suits decoders only" in card and "get_llm_for_sequence_regression(" not in card
         return
-    pytest.importorskip("openrlhf", reason="pip install --no-deps openrlhf (make install does)")
     (tmp_path / "texts.json").write_text(json.dumps(case["texts"]))
-    run = subprocess.run([sys.executable, str(Path(__file__).with_name("openrlhf_scorer.py")), str(case["folder"]),
-                          str(tmp_path / "texts.json")], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_process([sys.executable, Path(__file__).with_name("openrlhf_scorer.py"), case["folder"], tmp_path / "texts.json"],
+                      timeout=300)
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["class"] == "RewardModel" and got["head"] == "score"
     assert (torch.tensor(got["rewards"]) - case["ours"]).abs().max() < TOL

@@ -110,21 +110,6 @@ def test_same_seed_same_numbers(small):
     assert runs[0].metrics == runs[1].metrics
 
 
-def test_contrastive_train_rm_under_accelerate_with_two_processes(tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    subprocess.run(["rmsecrets", "world", "--out", str(tmp_path / "w"), "--n-train", "200", "--n-validation", "40",
-                    "--n-test", "10", "--n-demonstrations", "10", "--n-prompts", "10"], check=True, capture_output=True, env=env)
-    for variant in ("simcse", "swav"):
-        run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli",
-                              "train-rm", "--data", str(tmp_path / "w"), "--out", str(tmp_path / variant), "--max-steps", "3",
-                              "--max-length", "64", "--progress", "false", "--contrastive", variant],
-                             capture_output=True, text=True, timeout=300, env=env)
-        assert run.returncode == 0, run.stderr[-3000:]
-        m = json.loads((tmp_path / variant / "metrics.json").read_text())
-        assert m["num_processes"] == 2 and m["steps"] == 3 and m["eval"]["n"] == 40
-
-
 def test_a_baseline_trained_once_is_the_baseline_trained_again(small):
     "The label-trick stage's bt runs are the contrastive stage's: reused, they give the rows a fresh run gives."
     from rmsecrets.contrastive import compare_contrastive

@@ -350,7 +350,7 @@ def test_collator_needs_a_distinct_pad():
 
 
 def test_world_rows_load_tokenise_collate():
-    world = pytest.importorskip("rmsecrets.world")
+    from rmsecrets import world
     dd = world.make_world(world.WorldConfig(seed=0, n_train=64, n_validation=8, n_test=8))
     tok = world.make_tokenizer()
     pairs = load_preferences(dd, split="train")

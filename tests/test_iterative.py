@@ -1,11 +1,10 @@
-"""Iterative RLHF without the notebook: the normalised differences, and `rmsecrets metarm` / `iterate` end to end."""
+"""Iterative RLHF without the notebook: the normalised differences, and `rmsecrets metarm` / `iterate` end to end
+(in-process, on the session's world, policy and reward model; their two-process runs: tests/test_two_processes.py)."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import cli
 
 from rmsecrets.iterative import IterativeConfig
 from rmsecrets.metarm import normalised_differences
@@ -21,38 +20,20 @@ def test_unknown_update_is_a_clear_error():
     with pytest.raises(ValueError, match="rm_update"): IterativeConfig(rm_update="meta")
 
 
-def cli(*args, env=None):
-    out = subprocess.run(["rmsecrets", *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
 @pytest.fixture(scope="module")
-def stages(tmp_path_factory):
-    d = tmp_path_factory.mktemp("iterative")
-    cli("world", "--out", str(d / "w"), "--n-train", "160", "--n-validation", "40", "--n-test", "10",
-        "--n-demonstrations", "160", "--n-prompts", "40")
-    cli("sft", "--data", str(d / "w"), "--out", str(d / "sft"), "--epochs", "1", "--progress", "false")
-    cli("train-rm", "--data", str(d / "w"), "--out", str(d / "rm"), "--max-steps", "4", "--max-length", "64", "--progress", "false")
-    return d
+def stages(made):
+    return made
 
 
-def test_metarm_command_one_and_two_processes(stages):
+def test_metarm_command(stages):
     d = stages
-    args = ["--data", str(d / "w"), "--policy", str(d / "sft" / "model"), "--reward-model", str(d / "rm" / "model"),
-            "--meta-prompts", "6", "--max-steps", "3", "--max-length", "64", "--progress", "false", "--eta", "0.05"]
-    cli("metarm", *args, "--out", str(d / "meta1"))
+    cli("metarm", "--data", d / "w", "--policy", d / "sft" / "model", "--reward-model", d / "rm" / "model",
+        "--meta-prompts", "6", "--max-steps", "3", "--max-length", "64", "--progress", "false", "--eta", "0.05",
+        "--out", d / "meta1")
     lines = (d / "meta1" / "meta_samples.jsonl").read_text().splitlines()
     assert len(lines) == 6 * 5 and all(json.loads(l)["prompt"] for l in lines)                 # 6 prompts × k = 5
     m = json.loads((d / "meta1" / "metrics.json").read_text())
-    assert m["steps"] == 3 and m["eval"]["n"] == 40
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli",
-                    "metarm", *args, "--out", str(d / "meta2")], check=True, capture_output=True, timeout=600,
-                   env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
-    m2 = json.loads((d / "meta2" / "metrics.json").read_text())
-    assert m2["num_processes"] == 2 and m2["steps"] == 3
-    assert (d / "meta2" / "meta_samples.jsonl").read_text().splitlines() == lines             # one meta set, the same
+    assert m["steps"] == 3 and m["eval"]["n"] == 60
 
 
 def test_iterate_command_runs_rounds_and_resumes(stages):
@@ -69,20 +50,6 @@ def test_iterate_command_runs_rounds_and_resumes(stages):
         assert r["rm_update"] == "metarm" and np.isfinite(r["gold"])
         assert 0.0 <= r["after"]["ranking_vs_gold"] <= 1.0 and "validation_accuracy" in r["after"]
     assert (d / "it" / "round_2" / "ppo" / "policy" / "model.safetensors").exists()
-
-
-def test_iterate_under_two_processes(stages):
-    d = stages
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rmsecrets.cli",
-                    "iterate", "--data", str(d / "w"), "--policy", str(d / "sft" / "model"),
-                    "--reward-model", str(d / "rm" / "model"), "--out", str(d / "it2"), "--rounds", "1", "--meta-prompts", "4",
-                    "--rm-max-steps", "2", "--ppo-iterations", "2", "--ppo-critic-warmup", "1", "--ppo-rollout-prompts", "4",
-                    "--ppo-eval-prompts", "8", "--ppo-eval-every", "0"], check=True, capture_output=True, timeout=600,
-                   env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
-    (row,) = json.loads((d / "it2" / "rounds.json").read_text())["rounds"]
-    assert row["round"] == 1 and np.isfinite(row["gold"]) and "ranking_vs_gold" in row["after"]
-    assert json.loads((d / "it2" / "round_1" / "ppo" / "metrics.json").read_text())["num_processes"] == 2
 
 
 def test_fresh_labels_and_kl_reference_settings_are_checked():
@@ -102,7 +69,6 @@ def test_fresh_labels_accumulate_and_resume_on_the_same_numbers(tmp_path):
     from rmsecrets.ppo import PPOConfig
     from rmsecrets.train import TrainConfig
     from rmsecrets.world import WorldConfig, make_prompts, make_tokenizer, make_world
-    torch.set_num_threads(1)
     tok, w = make_tokenizer(), WorldConfig(n_train=120, n_validation=20, n_test=10, n_prompts=40)
     pairs = tokenize_pairs(make_world(w)["train"], tok, 64)
     prompts = list(make_prompts(w)["prompt"])
@@ -134,8 +100,8 @@ def test_iterate_command_fresh_pairs_need_a_world(stages, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "human : how do i save money ? assistant :", "chosen": "savings income",
                                  "rejected": "whatever"}) + "\n")
-    out = subprocess.run(["rmsecrets", "iterate", "--data", str(pairs), "--split", "", "--prompts", str(d / "w"),
-                          "--policy", str(d / "sft" / "model"), "--reward-model", str(d / "rm" / "model"),
-                          "--out", str(tmp_path / "it"), "--rm-update", "vanilla", "--fresh-pairs", "10"],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode != 0 and "not a world folder" in out.stderr
+    from rmsecrets.cli import main
+    with pytest.raises(SystemExit, match="not a world folder"):   # before any work, the message as exit status
+        main(["iterate", "--data", str(pairs), "--split", "", "--prompts", str(d / "w"), "--policy", str(d / "sft" / "model"),
+              "--reward-model", str(d / "rm" / "model"), "--out", str(tmp_path / "it"), "--rm-update", "vanilla",
+              "--fresh-pairs", "10"])

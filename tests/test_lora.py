@@ -6,11 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("peft")
-
-from rmsecrets.model import (add_lora, encode_responses, load_reward_model, make_reward_model, merge_lora,  # noqa: E402
+from rmsecrets.model import (add_lora, encode_responses, load_reward_model, make_reward_model, merge_lora,
                              reward_forward, save_reward_model, score)
-from rmsecrets.world import WorldConfig, make_tokenizer, make_world  # noqa: E402
+from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +21,28 @@ def pairs():
     return make_world(WorldConfig(seed=0, n_train=64, n_validation=16, n_test=8))
 
 
-def _bt_grads(model, tok, pairs, n=16):
-    """Gradients of the Bradley–Terry loss on n pairs, by parameter name (None where a parameter got none)."""
+def saved_for_backward(fn) -> int:
+    """Elements of the tensors autograd saves for the backward pass while fn() runs its forward. Checkpointing keeps
+    each checkpointed layer's inputs only and recomputes the rest in the backward: a fraction of a plain forward's."""
+    n = [0]
+    def pack(t):
+        n[0] += t.numel()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
+    return n[0]
+
+
+def _bt_grads(model, tok, pairs, n=16, saved: list | None = None):
+    """Gradients of the Bradley–Terry loss on n pairs, by parameter name (None where a parameter got none); `saved`
+    gets the elements the forward saved for the backward."""
     ds = pairs["train"].select(range(n))
     chosen, rejected = (encode_responses(tok, ds["prompt"], ds[side]) for side in ("chosen", "rejected"))
     model.train(); model.zero_grad()
-    loss = -F.logsigmoid(reward_forward(model, **chosen)[0] - reward_forward(model, **rejected)[0]).mean()
-    loss.backward()
+    loss = []
+    n_saved = saved_for_backward(lambda: loss.append(
+        -F.logsigmoid(reward_forward(model, **chosen)[0] - reward_forward(model, **rejected)[0]).mean()))
+    if saved is not None: saved.append(n_saved)
+    loss[0].backward()
     return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -61,8 +74,9 @@ def test_peft_default_targets_and_an_encoder_head(tok, tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_gradients(tok, pairs):
     plain, ckpt = make_reward_model("tiny", tok, seed=0), make_reward_model("tiny", tok, seed=0, gradient_checkpointing=True)
-    assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.modules())
-    g_plain, g_ckpt = _bt_grads(plain, tok, pairs), _bt_grads(ckpt, tok, pairs)
+    saved = []
+    g_plain, g_ckpt = _bt_grads(plain, tok, pairs, saved=saved), _bt_grads(ckpt, tok, pairs, saved=saved)
+    assert saved[1] < saved[0] / 5, saved                # really checkpointed: the layers' activations were not kept
     assert g_plain.keys() == g_ckpt.keys() and all(g is not None for g in g_plain.values())
     for n in g_plain: torch.testing.assert_close(g_ckpt[n], g_plain[n], rtol=1e-5, atol=1e-7)
 
@@ -75,7 +89,9 @@ def test_gradient_checkpointing_with_lora_reaches_the_adapters(tok, pairs):
     with torch.no_grad():   # B = 0 at the start would leave every A's gradient at zero: give the Bs a value
         for a, b in zip(lora.parameters(), ckpt.parameters()):
             if a.requires_grad: a.copy_(0.1 * torch.randn_like(a)); b.copy_(a)
-    g_lora, g_ckpt = _bt_grads(lora, tok, pairs), _bt_grads(ckpt, tok, pairs)
+    saved = []
+    g_lora, g_ckpt = _bt_grads(lora, tok, pairs, saved=saved), _bt_grads(ckpt, tok, pairs, saved=saved)
+    assert saved[1] < saved[0] / 5, saved                # really checkpointed
     assert all(g is not None and g.abs().sum() > 0 for g in g_ckpt.values())
     for n in g_lora: torch.testing.assert_close(g_ckpt[n], g_lora[n], rtol=1e-5, atol=1e-7)
 
@@ -83,11 +99,14 @@ def test_gradient_checkpointing_with_lora_reaches_the_adapters(tok, pairs):
 def test_policy_gradient_checkpointing_gives_the_same_gradients(tok):
     from rmsecrets.policy import make_policy
     ids = torch.randint(4, len(tok), (4, 12), generator=torch.Generator().manual_seed(0))
-    grads = []
+    grads, saved = [], []
     for gc in (False, True):
         policy = make_policy("tiny", tok, seed=0, gradient_checkpointing=gc).train()
-        policy(input_ids=ids, labels=ids).loss.backward()
+        loss = []
+        saved.append(saved_for_backward(lambda: loss.append(policy(input_ids=ids, labels=ids).loss)))
+        loss[0].backward()
         grads.append({n: p.grad for n, p in policy.named_parameters()})
+    assert saved[1] < saved[0] / 3, saved                # really checkpointed (the logits are kept either way)
     for n in grads[0]: torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)
 
 

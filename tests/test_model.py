@@ -16,7 +16,6 @@ from transformers import (BertConfig, BertModel, GPT2Config, GPT2Model, LlamaCon
 from rmsecrets.model import (PRESETS, encode_responses, ensure_pad_token, last_token_index, load_reward_model,
                              make_reward_model, preset_config, reward_forward, reward_head, save_reward_model, score)
 
-torch.set_num_threads(1)
 WORDS = "the a cat dog bird likes eats fish seeds is good bad very please thanks".split()
 PROMPTS = ["the cat", "a dog", "the bird likes", "a cat eats"]
 RESPONSES = ["likes fish", "is very very good", "seeds", "fish please thanks"]

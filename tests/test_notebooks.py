@@ -100,6 +100,17 @@ def test_lessons_run_their_stage_on_a_real_model(stem):
         f"{stem}: its real-model section has no outputs from a run: `make notebooks NB={stem} REAL=1`"
 
 
+@pytest.mark.parametrize("path", [p for p in LESSONS if any("slow" in d for _, d in notebooks.code_cells(load(p)))],
+                         ids=lambda p: p.stem)
+def test_slow_cells_wait_for_the_switch_at_the_top(path):
+    """"Run all" runs no slow experiment: the cell that sets `RUN_SLOW = False` and calls `guard_slow_cells` comes before
+    the first slow cell (tests/test_slow_switch.py checks the guard; tests/test_fresh_install.py one lesson in a kernel)."""
+    cells = notebooks.code_cells(load(path))
+    switch = next(i for i, (src, _) in enumerate(cells) if "guard_slow_cells(get_ipython())" in src)
+    assert "RUN_SLOW = False" in cells[switch][0]
+    assert switch < min(i for i, (_, d) in enumerate(cells) if "slow" in d)
+
+
 # --- the teaching apparatus of every lesson
 
 def headings(nb: dict) -> list[str]:

@@ -9,7 +9,6 @@ import http.server
 import json
 import re
 import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -19,15 +18,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import docs  # noqa: E402
+from conftest import run_process  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PAGES = ["index.html", "05_label_tricks.html", "08_ppo.html", "09_metarm.html"]
-playwright = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api as playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def site():
-    subprocess.run([sys.executable, str(ROOT / "scripts/docs.py")], check=True, cwd=ROOT)
+    run_process([sys.executable, ROOT / "scripts/docs.py"], cwd=ROOT, timeout=300)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(docs.SITE))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

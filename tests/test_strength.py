@@ -1,6 +1,5 @@
 """Preference strength: the equations, out-of-fold isolation, the margin column, the released format, the CLI."""
 import json
-import subprocess
 from dataclasses import replace
 
 import numpy as np
@@ -152,15 +151,13 @@ def test_released_layout_recomputes_stored_strength(tmp_path):
     assert check["mean"] < 1e-9 and check["std_population"] < 1e-9 and check["std_sample"] > 1e-3
 
 
-def test_cli_strength_writes_the_annotated_pairs(tmp_path):
-    subprocess.run(["rmsecrets", "world", "--out", str(tmp_path / "w"), "--n-train", "120", "--n-validation", "20",
-                    "--n-test", "20", "--n-demonstrations", "5", "--n-prompts", "5"], check=True, capture_output=True)
-    run = subprocess.run(["rmsecrets", "strength", "--data", str(tmp_path / "w"), "--out", str(tmp_path / "s"),
-                          "--n-voters", "2", "--max-steps", "3", "--mode", "out_of_fold"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+def test_cli_strength_writes_the_annotated_pairs(made, tmp_path):
+    from rmsecrets.cli import main
+    assert main(["strength", "--data", str(made / "w"), "--out", str(tmp_path / "s"), "--n-voters", "2", "--max-steps", "3",
+                 "--mode", "out_of_fold"]) == 0
     summary = json.loads((tmp_path / "s" / "strength.json").read_text())
-    assert summary["config"]["n_voters"] == 2 and summary["config"]["mode"] == "out_of_fold" and summary["n"] == 120
+    assert summary["config"]["n_voters"] == 2 and summary["config"]["mode"] == "out_of_fold" and summary["n"] == 240
     back = load_preferences(tmp_path / "s" / "annotated.jsonl")
-    assert len(back) == 120 and np.allclose(back["margin"], back["strength_mean"])
+    assert len(back) == 240 and np.allclose(back["margin"], back["strength_mean"])
     assert len(back[0]["chosen_scores"]) == 2
     assert (tmp_path / "s" / "strength.png").stat().st_size > 5000

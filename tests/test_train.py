@@ -23,7 +23,6 @@ from rmsecrets.train import (EpochSampler, LengthGroupedSampler, NonFiniteLossEr
                              pair_metrics, score_pairs, train_reward_model)
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
-torch.set_num_threads(1)
 WORLD = WorldConfig(n_train=300, n_validation=100, n_test=10)
 
 
@@ -513,7 +512,7 @@ def test_real_hh_rlhf_slice_smoke(hh_sample, tmp_path):
 # ---------------------------------------------------------------- 8. TRL's RewardTrainer reads what rmsecrets wrote
 
 def test_trl_reward_trainer_trains_an_rmsecrets_folder(tok, tmp_path):
-    trl = pytest.importorskip("trl")
+    import trl
     path = save_reward_model(make_reward_model("tiny", tok, seed=0), tok, tmp_path / "rm")
     before = load_file(path / "model.safetensors")
     pairs = make_world(WORLD)["train"].select(range(24))

@@ -1,5 +1,5 @@
 """Cheap voters (rmsecrets.voters): shapes, determinism, shared work really shared, comparison bookkeeping."""
-import importlib.util
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -15,8 +15,6 @@ from rmsecrets.voters import (VOTERS, add_heads, bootstrap_weights, compare_vote
                               shared_trunk, snapshots, train_shared_trunk)
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
-torch.set_num_threads(1)
-HAS_PEFT = importlib.util.find_spec("peft") is not None
 CFG = StrengthConfig(n_voters=3, train=TrainConfig(epochs=1, batch_size=16, lr=3e-3, max_length=64, progress=False))
 
 
@@ -27,16 +25,19 @@ def world():
     return tok, ds, tokenize_pairs(ds, tok, max_length=64)
 
 
-@pytest.mark.parametrize("name", [n for n in VOTERS if n != "lora" or HAS_PEFT])
+@pytest.mark.parametrize("name", list(VOTERS))
 def test_every_voter_returns_votes(world, name):
     tok, ds, pairs = world
     kwargs = {"epochs": 0.5} if name == "lora" else {}
+    t0 = time.perf_counter()
     v = VOTERS[name](pairs, tok, CFG, **kwargs)
+    elapsed = time.perf_counter() - t0
     M = 1 if name == "single" else CFG.n_voters
     assert isinstance(v, Votes)
     assert v.chosen_scores.shape == v.rejected_scores.shape == (M, len(pairs))
     assert np.isfinite(v.chosen_scores).all() and np.isfinite(v.rejected_scores).all()
-    assert v.fold.shape == (len(pairs),) and (v.fold == 0).all() and v.seconds > 0
+    assert v.fold.shape == (len(pairs),) and (v.fold == 0).all()
+    assert 0.2 * elapsed < v.seconds <= elapsed          # the voting's own time, in seconds, within the call's
     assert "strength_mean" in annotate(ds, v).column_names   # `annotate` takes it unchanged
     if M > 1: assert not np.allclose(v.chosen_scores[0], v.chosen_scores[1]), "voters must disagree"
 
@@ -172,7 +173,6 @@ def test_compare_votes_matches_strength_summary(world):
     assert rows[1]["cost_ratio"] == pytest.approx(votes["single"].seconds / votes["full"].seconds)
 
 
-@pytest.mark.skipif(not HAS_PEFT, reason="peft is not installed")
 def test_lora_leaves_the_base_unchanged(world, monkeypatch):
     tok, _, pairs = world
     held = {}

@@ -1,12 +1,12 @@
 """The synthetic world: determinism, recorded truth, annotator noise, tokenizer, saving, CLI."""
 import hashlib
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_process
 
 from rmsecrets.world import (NOISE_KINDS, TOPICS, WorldConfig, gold_parts, gold_reward, load_world, make_demonstrations,
                              make_prompt, make_prompts, make_tokenizer, make_world, save_world)
@@ -134,12 +134,11 @@ def test_save_and_load_world(tmp_path):
 
 
 def test_cli_world_and_help(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "rmsecrets.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "world" in out.stdout
-    run = subprocess.run(["rmsecrets", "world", "--out", str(tmp_path / "w"), "--seed", "5", "--wrong-label-rate", "0.2",
-                          "--n-train", "300", "--n-validation", "30", "--n-test", "30", "--n-demonstrations", "10",
-                          "--n-prompts", "10"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    "The two ways in from a shell: `python -m rmsecrets.cli` and the installed `rmsecrets` command."
+    out = run_process([sys.executable, "-m", "rmsecrets.cli", "--help"], timeout=120)
+    assert "world" in out.stdout
+    run_process(["rmsecrets", "world", "--out", tmp_path / "w", "--seed", "5", "--wrong-label-rate", "0.2", "--n-train", "300",
+                 "--n-validation", "30", "--n-test", "30", "--n-demonstrations", "10", "--n-prompts", "10"], timeout=120)
     w = load_world(tmp_path / "w")
     assert w["config"].seed == 5 and w["config"].wrong_label_rate == 0.2
     assert Counter(w["preferences"]["train"]["noise"])["uniform"] + Counter(w["preferences"]["train"]["noise"])["careless"] == 60
