@@ -19,7 +19,7 @@ if [ "${1:-}" = "--long" ]; then
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nbdev_test --flags slow --n_workers 2 --timing
   took
   echo "== 2. pytest -m long (the benchmarks' quick runs, the default pipeline, the real-model track at full size)"
-  python3 -m pytest tests -m long -ra --durations=10
+  python3 -m pytest tests -m long -n 2 --dist loadgroup -ra --durations=10
   exit
 fi
 
@@ -48,5 +48,5 @@ echo "== 3. no undefined names in the package"
 ruff check --select F821,F822,F823 rmsecrets/
 
 took
-echo "== 4. pytest (no long tests; the slowest are listed above the summary line)"
-python3 -m pytest tests -q -ra --durations=12
+echo "== 4. pytest (no long tests; two workers, one torch thread each; the slowest are listed above the summary line)"
+python3 -m pytest tests -n 2 --dist loadgroup -q -ra --durations=12

@@ -65,10 +65,16 @@ def torch_threads(n: int = 1):
     finally: torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_for_the_session():
+    """Every test and fixture computes on one torch thread, as every process the tests start does (OMP_NUM_THREADS=1):
+    the numbers of a test do not depend on which tests ran before it, nor on which fixture made its inputs."""
+    with torch_threads(1): yield
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Every test computes on one torch thread, as every process it starts does (OMP_NUM_THREADS=1): the numbers of
-    a test do not depend on which tests ran before it. Session artefacts are made under `torch_threads(1)` too."""
+    "... and a test that changes the count leaves the next one its one thread."
     with torch_threads(1): yield
 
 

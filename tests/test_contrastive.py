@@ -1,9 +1,6 @@
 """Contrastive losses: closed forms, Sinkhorn marginals, the distributed versions against one process, and training."""
-import json
 import os
 import socket
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest

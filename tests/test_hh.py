@@ -6,7 +6,6 @@ on truncated copies of the real models (`truncated`: their first two layers, wit
 weights), which take the same code path in a fraction of the time; the full-size track is `make test-long`'s
 (`test_demo_track_hh_quick_full_size`)."""
 import json
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -21,6 +20,8 @@ from rmsecrets.model import load_reward_model
 from rmsecrets.scale import ModelShape, Setup, state_bytes
 from rmsecrets.train import TrainConfig, make_accelerator, resolve_precision
 from rmsecrets.voters import minilm_folder
+
+pytestmark = pytest.mark.xdist_group("hh")   # under pytest-xdist, one worker converts the packaged SmolLM2 and runs the track
 
 
 LAYERS = 2   # of the truncated copies

@@ -63,7 +63,7 @@ def test_fresh_labels_accumulate_and_resume_on_the_same_numbers(tmp_path):
     import torch
     from dataclasses import replace
     from rmsecrets.data import tokenize_pairs
-    from rmsecrets.iterative import iterate, world_pairs
+    from rmsecrets.iterative import iterate
     from rmsecrets.model import make_reward_model
     from rmsecrets.policy import make_policy
     from rmsecrets.ppo import PPOConfig

@@ -5,72 +5,11 @@ numbers. Also: one writer per folder, and a changed command refused.
 Each run is a process of its own, forked from the test process (`Forked`): it pays no imports, and SIGKILL reaches it
 and every process it forked (its voters' and seeds' workers) as it would reach `rmsecrets` started from a shell. The
 uninterrupted `sft` and `train-rm` runs are the session's (`made`), which the other tests use as inputs too."""
-import glob
 import json
-import random
-from pathlib import Path
 
 import pytest
 from conftest import RM, SFT, Forked
-
-MARKERS = ("checkpoints/step-*/trainer_state.json",       # the training loop's checkpoints (train-rm, sft, metarm, voters)
-           "checkpoints/iteration-*/complete.json",        # PPO's
-           "voters/*.safetensors",                         # strength: a finished voter
-           "round.json", "rm_update/metrics.json",         # iterate: a finished round, a finished reward-model update
-           "stages/*.json")                                # demo: a finished stage
-TIMING = {"seconds", "cost_ratio", "stage_seconds", "stage_gflop", "throughput_per_second"}   # wall clock, not results
-IGNORED = TIMING | {"out"}   # ... and the folder itself
-
-
-def markers(out: Path) -> set:
-    "Every checkpoint or finished unit of work in `out`, by relative path (new names appear as a run goes on)."
-    found = (glob.glob(str(out / "**" / pattern), recursive=True) for pattern in MARKERS)   # glob skips folders renamed meanwhile
-    return {str(Path(p).relative_to(out)) for paths in found for p in paths}
-
-
-def run_with_kills(args: list, out: Path, seed: int, window: float, kills: int = 3, timeout: float = 300) -> list:
-    """Start the command; once a new checkpoint appears, wait a seeded random time in [0, window) s and SIGKILL its
-    process group; `kills` times; then rerun it to the end. Returns what each kill found on disk."""
-    rng, log, found = random.Random(seed), out.parent / f"{out.name}.log", []
-    for _ in range(kills):
-        before = markers(out)
-        run = Forked([*args, "--out", out], log)
-        run.wait_for(lambda: bool(markers(out) - before), timeout)
-        run.sleep(rng.uniform(0, window))
-        if run.poll() is not None: break                   # it finished first: nothing left to kill
-        run.kill()
-        found.append(sorted(markers(out)))
-    Forked([*args, "--out", out], log).wait(timeout)
-    return found
-
-
-def untimed(obj):
-    "`obj` without its wall-clock entries and its own folder's name."
-    if isinstance(obj, dict): return {k: untimed(v) for k, v in obj.items() if k not in IGNORED and not k.startswith("seconds_")}
-    if isinstance(obj, list): return [untimed(v) for v in obj]
-    return obj
-
-
-def same_json(a: Path, b: Path):
-    assert untimed(json.loads(a.read_text())) == untimed(json.loads(b.read_text())), (a, b)
-
-
-def same_lines(a: Path, b: Path):
-    rows = lambda p: [untimed(json.loads(line)) for line in p.read_text().splitlines()]
-    assert rows(a) == rows(b), (a, b)
-
-
-def same_bytes(a: Path, b: Path):
-    assert a.read_bytes() == b.read_bytes(), (a, b)
-
-
-def run_whole(args: list, out: Path, timeout: float = 300) -> float:
-    "Run the command to its end, uninterrupted; the seconds from its first checkpoint to its end."
-    run = Forked([*args, "--out", out], out.parent / f"{out.name}.log")
-    first = run.wait_for(lambda: bool(markers(out)), timeout)
-    run.wait(timeout)
-    return run.ended - first
-
+from faults import run_whole, run_with_kills, same_bytes, same_json, same_lines
 
 COMMANDS = {   # name -> (arguments given the session's folder, the files an interrupted run must reproduce)
     "train-rm": (lambda d: ["train-rm", "--data", f"{d}/w", *RM],
@@ -109,21 +48,6 @@ def test_a_killed_command_resumes_to_the_same_result(made, command):
     assert len({tuple(f) for f in found}) == 3, found     # at three different points of the run
     for kind, name in compare:
         {"bytes": same_bytes, "json": same_json, "lines": same_lines}[kind](whole / name, made / f"{command}-killed" / name)
-
-
-def test_a_killed_demo_resumes_to_the_same_report(demo_quick, tmp_path):
-    "demo --quick killed three times, each after a stage has finished: the same metrics and weights as one run."
-    whole = demo_quick
-    found = run_with_kills(["demo", "--quick", "--quiet"], tmp_path / "demo", seed=7, window=whole.span / 8)
-    assert len(found) == 3 and len({tuple(f) for f in found}) == 3, found
-    killed = tmp_path / "demo"
-    same_json(whole / "metrics.json", killed / "metrics.json")
-    for name in ("rm/model/model.safetensors", "sft/model/model.safetensors", "world/world_config.json"):
-        same_bytes(whole / name, killed / name)
-    report = (killed / "report.md").read_text()
-    for section in ("## 1. The world", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## What it cost"):
-        assert report.count(section) == 1, section                 # every stage's part once, in its place
-    assert report.index("## 3.") < report.index("## 4.") < report.index("## 7.")
 
 
 def test_two_runs_on_one_folder(made, tmp_path):

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from playwright import sync_api as playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -22,7 +23,7 @@ from conftest import run_process  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PAGES = ["index.html", "05_label_tricks.html", "08_ppo.html", "09_metarm.html"]
-from playwright import sync_api as playwright  # noqa: E402
+pytestmark = pytest.mark.xdist_group("site")   # under pytest-xdist, one worker builds the site and starts the browser
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402
 import two_process_worker as two  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("two-processes")   # under pytest-xdist, one worker runs both sides of the comparisons
+
 
 @pytest.fixture(scope="module")
 def launched(made, tmp_path_factory) -> Path:
@@ -83,7 +85,7 @@ def test_contrastive_losses_see_the_global_batch_from_the_command_line(launched,
     """SimCSE's negatives are gathered from both processes, SwAV's Sinkhorn sums over both: with the views' dropout off,
     two half batches give the loss and the model of one whole batch."""
     two_, one = metrics(launched / variant), metrics(alone / variant)
-    assert (two_["num_processes"], two_["steps"], two_["eval"]["n"]) == (2, 6, 60)
+    assert (two_["num_processes"], one["num_processes"], two_["steps"], two_["eval"]["n"]) == (2, 1, 6, 60)
     losses = lambda folder: [json.loads(l)["loss"] for l in (folder / "metrics.jsonl").read_text().splitlines()
                              if "loss" in json.loads(l) and "event" not in json.loads(l)]
     assert losses(launched / variant) == pytest.approx(losses(alone / variant), rel=1e-4)
@@ -93,7 +95,7 @@ def test_contrastive_losses_see_the_global_batch_from_the_command_line(launched,
 def test_metarm_two_processes_one_meta_set_and_the_same_update(launched, alone, session_rm):
     "Process 0 samples the meta set and sends it to the other; the update is the one-process update on the global batch."
     two_, one = metrics(launched / "metarm"), metrics(alone / "metarm")
-    assert (two_["num_processes"], two_["steps"], two_["eval"]["n"]) == (2, 4, 60)
+    assert (two_["num_processes"], one["num_processes"], two_["steps"], two_["eval"]["n"]) == (2, 1, 4, 60)
     lines = (launched / "metarm" / "meta_samples.jsonl").read_text().splitlines()
     assert len(lines) == 6 * 5 and lines == (alone / "metarm" / "meta_samples.jsonl").read_text().splitlines()
     same_model(launched / "metarm" / "model", alone / "metarm" / "model", session_rm)

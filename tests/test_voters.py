@@ -8,7 +8,7 @@ import torch
 
 from rmsecrets import voters
 from rmsecrets.data import load_preferences, tokenize_pairs
-from rmsecrets.strength import StrengthConfig, Votes, annotate, fold_plan, strength_summary
+from rmsecrets.strength import StrengthConfig, Votes, annotate, fold_plan
 from rmsecrets.train import TrainConfig
 from rmsecrets.voters import (VOTERS, add_heads, bootstrap_weights, compare_voters, compare_votes, cheapest_within,
                               feature_votes, frozen_features, load_encoder, minilm_folder, pair_features,
