@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
+# pytest with the plugins of requirements.lock alone (not whatever else the machine has installed), on two workers
+# (pytest-xdist) that each take whole files, so a module's fixtures are made once; the demo's tests share one file
+pytest_() { PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -p xdist.plugin -p pytest_timeout tests -n 2 --dist loadfile "$@"; }
+
 t0=$SECONDS
 took() { echo "   ($(( SECONDS - t0 )) s)"; t0=$SECONDS; }
 echo "== machine: $(python3 -c 'import platform, torch; from rmsecrets.scale import matmul_peak
@@ -19,7 +23,7 @@ if [ "${1:-}" = "--long" ]; then
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nbdev_test --flags slow --n_workers 2 --timing
   took
   echo "== 2. pytest -m long (the benchmarks' quick runs, the default pipeline, the real-model track at full size)"
-  python3 -m pytest tests -m long -n 2 --dist loadgroup -ra --durations=10
+  pytest_ -m long -ra --durations=10
   exit
 fi
 
@@ -49,4 +53,4 @@ ruff check --select F821,F822,F823 rmsecrets/
 
 took
 echo "== 4. pytest (no long tests; two workers, one torch thread each; the slowest are listed above the summary line)"
-python3 -m pytest tests -n 2 --dist loadgroup -q -ra --durations=12
+pytest_ -q -ra --durations=12

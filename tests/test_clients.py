@@ -17,7 +17,6 @@ from rmsecrets.train import TrainConfig, train_reward_model
 from rmsecrets.voters import minilm_folder
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
-pytestmark = pytest.mark.xdist_group("clients")   # under pytest-xdist, one worker trains the two reward models every client scores
 
 TOL = 1e-4   # float32: the same reward from every client
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from faults import run_with_kills, same_bytes, same_json
 
-pytestmark = pytest.mark.xdist_group("demo")   # under pytest-xdist, one worker makes the demo both tests read
 
 
 def test_demo_quick_writes_the_report(demo_quick):

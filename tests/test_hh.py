@@ -21,7 +21,6 @@ from rmsecrets.scale import ModelShape, Setup, state_bytes
 from rmsecrets.train import TrainConfig, make_accelerator, resolve_precision
 from rmsecrets.voters import minilm_folder
 
-pytestmark = pytest.mark.xdist_group("hh")   # under pytest-xdist, one worker converts the packaged SmolLM2 and runs the track
 
 
 LAYERS = 2   # of the truncated copies

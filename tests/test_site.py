@@ -23,7 +23,6 @@ from conftest import run_process  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PAGES = ["index.html", "05_label_tricks.html", "08_ppo.html", "09_metarm.html"]
-pytestmark = pytest.mark.xdist_group("site")   # under pytest-xdist, one worker builds the site and starts the browser
 
 
 @pytest.fixture(scope="module")

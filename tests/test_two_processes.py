@@ -17,7 +17,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402
 import two_process_worker as two  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("two-processes")   # under pytest-xdist, one worker runs both sides of the comparisons
 
 
 @pytest.fixture(scope="module")
