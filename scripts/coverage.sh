@@ -19,7 +19,7 @@ export COVERAGE_RCFILE=$out/coveragerc
 scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python3 -m coverage run "$scripts/nbdev_test" --n_workers 2
 status=0
-python3 -m coverage run -m pytest tests -q -p no:cacheprovider || status=$?
+PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m coverage run -m pytest -p pytest_timeout tests -q -p no:cacheprovider || status=$?
 python3 -m coverage combine -q
 python3 -m coverage html -q -d "$out/html"
 python3 -m coverage report --precision 1 | tail -n 25

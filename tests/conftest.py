@@ -3,9 +3,9 @@
 Settings: the hub offline; one torch thread in every test, restored after it; with CI=true a skip fails the run
 (a missing dependency, packaged model or data file is an install fault there, not a reason to test less).
 
-Processes: `run_process` runs a command in a session of its own and kills the whole process group when it runs
-past its timeout (an `accelerate launch` leaves its ranks behind otherwise); `accelerate_launch` gives every launch
-a free port; whatever a test started and left running is killed when it ends.
+Processes: `run_process` runs a command in a session of its own and kills it with every process below it when it
+runs past its timeout (killing `accelerate launch` alone leaves its ranks running, holding the port and the CPU);
+`accelerate_launch` gives every launch a free port; whatever a test started and left running is killed when it ends.
 
 Artefacts made once per session and shared (`made`, `demo_quick`, `wheel`): the small world, an SFT policy and a
 reward model trained on it, the quick demo, the built wheel. Each is made by the command a user runs, in-process.
@@ -33,7 +33,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def _find_hh_sample() -> Path:
-    "shared/data/hh-rlhf/… in the nearest folder above the checkout that has it (where it is absent: the checkout's parent)."
+    "shared/data/hh-rlhf/… in the nearest folder above the checkout that has it (if none has: the checkout's parent)."
     for root in ROOT.parents:
         if (p := root / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz").exists(): return p
     return ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -51,7 +51,8 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"skipped in CI (CI=true), where every dependency, packaged model and data file must be present: {reason}"
+        report.longrepr = ("skipped in CI (CI=true), where every dependency, packaged model and data file must be present: "
+                           + reason)
 
 
 # ---------------------------------------------------------------- threads: one per test, restored after
@@ -80,12 +81,19 @@ def one_torch_thread():
 
 # ---------------------------------------------------------------- processes that cannot hang or collide
 
-_STARTED: list[subprocess.Popen] = []   # process groups started by run_process/start_process, killed if left running
+_STARTED: list[subprocess.Popen] = []   # started by run_process/start_process: killed if a test leaves them running
 
 
-def _kill_group(p: subprocess.Popen) -> None:
-    try: os.killpg(p.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError): pass
+def _kill_tree(p: subprocess.Popen) -> None:
+    """SIGKILL to the process, its process group and every process below it, with their groups (torchrun starts each
+    rank in a session of its own, out of the launcher's group), then reap it."""
+    import psutil
+    try: below = psutil.Process(p.pid).children(recursive=True)   # before the kill: orphans leave the tree
+    except psutil.NoSuchProcess: below = []
+    for pid in [p.pid] + [c.pid for c in below]:
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try: kill()
+            except (ProcessLookupError, PermissionError): pass
     try: p.wait(10)
     except subprocess.TimeoutExpired: pass
 
@@ -93,13 +101,13 @@ def _kill_group(p: subprocess.Popen) -> None:
 def start_process(cmd: list, *, log: Path | None = None, env: dict | None = None, cwd=None,
                   clean_env: bool = False) -> subprocess.Popen:
     """Popen in a session (and so a process group) of its own, output to `log` (or pipes), with this process's
-    environment updated by `env` (`clean_env`: `env` alone); killed with its group at the end of the test if it is
-    still running."""
+    environment updated by `env` (`clean_env`: `env` alone); killed, with every process below it, at the end of the
+    test if it is still running."""
     out = open(log, "a") if log else subprocess.PIPE
     try:
         p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE,
-                             text=True, start_new_session=True, env=dict(env or {}) if clean_env else {**os.environ, **(env or {})},
-                             cwd=cwd)
+                             text=True, start_new_session=True, cwd=cwd,
+                             env=dict(env or {}) if clean_env else {**os.environ, **(env or {})})
     finally:
         if log: out.close()
     _STARTED.append(p)
@@ -108,15 +116,15 @@ def start_process(cmd: list, *, log: Path | None = None, env: dict | None = None
 
 def run_process(cmd: list, *, timeout: float, env: dict | None = None, cwd=None, check: bool = True,
                 clean_env: bool = False) -> subprocess.CompletedProcess:
-    """`subprocess.run(cmd, capture_output=True, text=True)` with a timeout that kills the whole process group (a
+    """`subprocess.run(cmd, capture_output=True, text=True)` with a timeout that kills every process it started (a
     launcher's ranks, a pool's workers) and fails the test; `check`: a non-zero exit fails it too, with stderr."""
     p = start_process(cmd, env=env, cwd=cwd, clean_env=clean_env)
     try: stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(p)
+        _kill_tree(p)
         stdout, stderr = p.communicate()
-        pytest.fail(f"ran past its {timeout:.0f} s and was killed with its process group: {' '.join(map(str, cmd))}\n"
-                    f"{(stderr or '')[-3000:]}")
+        pytest.fail(f"ran past its {timeout:.0f} s and was killed, with every process it started: "
+                    f"{' '.join(map(str, cmd))}\n{(stderr or '')[-3000:]}")
     if check: assert p.returncode == 0, f"exit status {p.returncode}: {' '.join(map(str, cmd))}\n{stderr[-3000:]}"
     return subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr)
 
@@ -128,7 +136,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_launch(*args, processes: int = 2, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def accelerate_launch(*args, processes: int = 2, timeout: float = 300,
+                      env: dict | None = None) -> subprocess.CompletedProcess:
     """`accelerate launch` of `args` (a script, or `-m module ...`) on `processes` CPU processes (gloo), one torch
     thread each, on a free port: two launches at once do not meet on accelerate's default port 29500."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
@@ -141,12 +150,12 @@ def accelerate_launch(*args, processes: int = 2, timeout: float = 300, env: dict
 
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
-    "Whatever a test started and left running is killed with its process group when the test ends."
+    "Whatever a test started and left running is killed, with everything it started, when the test ends."
     n = len(_STARTED)
     _FORKED.clear()
     yield
     for p in _STARTED[n:]:
-        if p.poll() is None: _kill_group(p)
+        if p.poll() is None: _kill_tree(p)
     del _STARTED[n:]
     for run in _FORKED:
         if run.poll() is None: run.kill()
@@ -246,7 +255,7 @@ class Folder(type(Path())):
 
 
 def _run_measured(args: list, out: Path, timeout: float = 600) -> float:
-    "Run the command forked, to its end; the seconds from its first finished unit of work (stages/, checkpoints/) to its end."
+    "Run the command forked, to its end; the seconds from its first finished stage or checkpoint to its end."
     run = Forked([*args, "--out", out], out.parent / f"{out.name}.log")
     first = run.wait_for(lambda: any(out.glob("stages/*.json")) or any(out.glob("checkpoints/*/*.json")), timeout)
     run.wait(timeout)
@@ -280,7 +289,7 @@ def wheel(tmp_path_factory) -> Path:
     import shutil
     d = tmp_path_factory.mktemp("wheel")
     shutil.copytree(ROOT, d / "src", ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "nbs", "tests", "benchmarks",
-                                                                   "_docs", "__pycache__", "demo", "world", "runs", ".venv"))
+                                                                   "_docs", "__pycache__", "demo", "world", "runs"))
     run_process([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", d, d / "src"],
                 timeout=300)
     (built,) = d.glob("rmsecrets-*.whl")
