@@ -185,7 +185,9 @@ class Forked:
                 traceback.print_exc()
             finally:
                 try: sys.stdout.flush(); sys.stderr.flush()
-                finally: os._exit(code)
+                finally:
+                    _save_coverage()
+                    os._exit(code)
         self.pid, self.args, self.log, self.returncode, self.ended = pid, args, Path(log), None, None
         _FORKED.append(self)
 
@@ -226,6 +228,15 @@ class Forked:
 
 
 _FORKED: list[Forked] = []
+
+
+def _save_coverage() -> None:
+    "Under `make coverage`: save what this forked process measured (os._exit skips coverage's own save at exit)."
+    coverage = sys.modules.get("coverage")
+    cov = coverage.Coverage.current() if coverage is not None and hasattr(coverage, "Coverage") else None
+    if cov is not None:
+        cov.stop()
+        cov.save()
 
 
 def cli(*args) -> None:

@@ -6,6 +6,7 @@ on truncated copies of the real models (`truncated`: their first two layers, wit
 weights), which take the same code path in a fraction of the time; the full-size track is `make test-long`'s
 (`test_demo_track_hh_quick_full_size`)."""
 import json
+import os
 from unittest import mock
 
 import numpy as np
@@ -32,9 +33,25 @@ def need_packages():
 
 
 @pytest.fixture(scope="module")
-def smollm2_folder():
+def smollm2_folder(tmp_path_factory):
+    "The packaged SmolLM2 converted here, into a cache of this session's (a cache left by older code proves nothing)."
     need_packages()
-    return resolve_model(SMOLLM2, "packaged")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RMSECRETS_CACHE", str(tmp_path_factory.mktemp("cache")))
+        folder = resolve_model(SMOLLM2, "packaged")
+        assert folder.startswith(os.environ["RMSECRETS_CACHE"]) and resolve_model(SMOLLM2, "packaged") == folder   # kept
+    return folder
+
+
+def test_packaged_models_resolve_offline(monkeypatch):
+    "Offline, the hub names resolve to the packaged copies; a folder is taken as it is; the hub online."
+    need_packages()
+    from rmsecrets.hh import MINILM
+    assert resolve_model(MINILM, "packaged") == str(minilm_folder())
+    assert resolve_model(str(minilm_folder()), "packaged") == str(minilm_folder())
+    assert resolve_model(MINILM, "hub") == MINILM
+    monkeypatch.delenv("HF_HUB_OFFLINE"); monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert resolve_model(SMOLLM2, "auto") == SMOLLM2
 
 
 @pytest.fixture(scope="module")
