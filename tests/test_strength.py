@@ -108,6 +108,21 @@ def test_margin_column_feeds_the_training_loops_margin_loss(world, pairs, tok):
     assert set(np.round(torch.cat(seen).numpy(), 5)) <= set(np.round(np.array(annotated["margin"], np.float32), 5))
 
 
+def test_decile_experiment_trains_one_model_on_each_group_alone(world, pairs, tok):
+    "One row per group of pairs sorted by μ̂ (weakest first), each the test metrics of a voter trained on that group alone."
+    from rmsecrets.train import evaluate
+    test = tokenize_pairs(world["validation"], tok, max_length=64)
+    margin = np.array(pairs["gold_chosen"]) - np.array(pairs["gold_rejected"])          # the truth stands in for μ̂
+    annotated = pairs.add_column("strength_mean", margin.tolist())
+    rows = S.decile_experiment(annotated, test, tok, QUICK, n_groups=4)
+    parts = S.groups(margin, 4)
+    assert [r["group"] for r in rows] == [1, 2, 3, 4] and [r["pairs"] for r in rows] == [len(i) for i in parts] == [40] * 4
+    assert [r["mean_strength"] for r in rows] == pytest.approx([margin[i].mean() for i in parts])
+    assert rows[0]["mean_strength"] < 0 < rows[1]["mean_strength"] < rows[3]["mean_strength"]   # the wrong labels first
+    weakest = evaluate(S.train_voter(annotated.select(parts[0]), tok, QUICK, 0), test, tok.pad_token_id)
+    assert (rows[0]["accuracy"], rows[0]["accuracy_true"]) == (weakest["accuracy"], weakest["accuracy_true"])
+
+
 def test_summary_against_a_constructed_truth():
     n = 400
     rng = np.random.default_rng(0)
