@@ -18,13 +18,16 @@ echo "== machine: $(python3 -c 'import platform, torch; from rmsecrets.scale imp
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"{cpu}, {torch.get_num_threads()} threads, fp32 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s (rmsecrets.scale.matmul_peak)")')"
 
-if [ "${1:-}" = "--long" ]; then
+if [ "${1:-}" = "--long" ]; then   # both parts run whatever the first gives; either failing fails it
   echo "== 1. the lessons' slow cells (nbdev_test --flags slow; their assertions check what the lessons say)"
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nbdev_test --flags slow --n_workers 2 --timing
+  status=0
+  # each lesson in a process of its own (one long-lived worker would carry every lesson's memory), two at a time
+  ls nbs/*.ipynb | OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xargs -P 2 -I{} nbdev_test --flags slow --n_workers 0 --timing \
+    --path {} || status=$?
   took
   echo "== 2. pytest -m long (the benchmarks' quick runs, the default pipeline, the real-model track at full size)"
-  pytest_ -m long -ra --durations=10
-  exit
+  pytest_ -m long -ra --durations=10 || status=$?
+  exit $status
 fi
 
 echo "== 1. notebooks and package in sync (nbdev_clean, nbdev_export)"

@@ -8,7 +8,8 @@ runs past its timeout (killing `accelerate launch` alone leaves its ranks runnin
 `accelerate_launch` gives every launch a free port; whatever a test started and left running is killed when it ends.
 
 Artefacts made once per session and shared (`made`, `demo_quick`, `wheel`): the small world, an SFT policy and a
-reward model trained on it, the quick demo, the built wheel. Each is made by the command a user runs, in-process.
+reward model trained on it, the quick demo, the built wheel. Each is made by the command a user runs: in this process
+(`cli`), or in a process forked from it (`Forked`) where the SIGKILL tests compare a killed run with it.
 """
 import contextlib
 import os
@@ -165,7 +166,8 @@ def no_process_left_behind():
 class Forked:
     """`rmsecrets ARGS` in a child forked from this process: a process of its own (its own session, so a kill of its
     group reaches the workers it forks too), output appended to `log`, one torch thread. It pays no imports, which
-    is most of a small command's time; `run_process(["rmsecrets", ...])` is the command as a shell starts it."""
+    is most of a small command's time; `run_process(["rmsecrets", ...])` is the command as a shell starts it. (The
+    child has this process's modules but only the calling thread, and writes to new streams of its own.)"""
     def __init__(self, args: list, log: Path):
         sys.stdout.flush(); sys.stderr.flush()
         pid = os.fork()
@@ -279,7 +281,7 @@ def made(tmp_path_factory) -> Folder:
     command line, checkpointing as they go: the inputs of ppo, metarm and iterate, and the uninterrupted references
     of the killed `sft` and `train-rm` runs of tests/test_resume.py (`spans`: first checkpoint to end, in seconds)."""
     d = Folder(tmp_path_factory.mktemp("made"))
-    with torch_threads(1): cli("world", "--out", d / "w", *WORLD)
+    cli("world", "--out", d / "w", *WORLD)
     d.spans = {name: _run_measured([command, "--data", d / "w", *flags], d / name)
                for name, command, flags in (("sft", "sft", SFT), ("rm", "train-rm", RM))}
     return d

@@ -7,7 +7,6 @@ import pytest
 from faults import run_with_kills, same_bytes, same_json
 
 
-
 def test_demo_quick_writes_the_report(demo_quick):
     tmp_path = demo_quick.parent
     report = (tmp_path / "demo" / "report.md").read_text()

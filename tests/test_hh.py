@@ -23,7 +23,6 @@ from rmsecrets.train import TrainConfig, make_accelerator, resolve_precision
 from rmsecrets.voters import minilm_folder
 
 
-
 LAYERS = 2   # of the truncated copies
 
 
