@@ -32,7 +32,7 @@ from rmsecrets.data import PairCollator, load_preferences, tokenize_pairs
 from rmsecrets.model import make_reward_model
 from rmsecrets.scale import ModelShape, matmul_peak, train_flops
 from rmsecrets.train import bt_loss, disable_dropout, pair_forward
-from rmsecrets.voters import minilm_folder
+from rmsecrets.model import minilm_folder
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
 def _timed(fn) -> float:

@@ -59,7 +59,7 @@ from rmsecrets.core import tune_allocator
 from rmsecrets.data import PairCollator, load_preferences, tokenize_pairs
 from rmsecrets.model import make_reward_model
 from rmsecrets.train import EpochSampler, TrainConfig, pair_forward, pair_lengths, train_reward_model
-from rmsecrets.voters import minilm_folder
+from rmsecrets.model import minilm_folder
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
 class Stop(Exception):

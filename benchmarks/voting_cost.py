@@ -34,7 +34,8 @@ import transformers
 from rmsecrets.data import load_preferences, tokenize_pairs
 from rmsecrets.strength import StrengthConfig, annotate, spearman, strength_stats, strength_summary
 from rmsecrets.train import TrainConfig
-from rmsecrets.voters import VOTERS, compare_votes, feature_votes, load_encoder, minilm_folder, pair_features
+from rmsecrets.model import load_encoder, minilm_folder
+from rmsecrets.voters import VOTERS, compare_votes, feature_votes, pair_features
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
 def world_comparison(args) -> list:

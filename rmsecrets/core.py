@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['SEED_STREAMS', 'RUN_FILE', 'LOCK_FILE', 'SLOW_SWITCH', 'REAL_SWITCH', 'SLOW_SKIPPED', 'REAL_SKIPPED', 'seeded',
-           'child_seed', 'atomic_file', 'write_text', 'write_json', 'publish', 'atomic_folder', 'FolderError',
-           'claim_folder', 'release_folder', 'save_training_state', 'load_training_state', 'tune_allocator',
-           'count_across_workers', 'forget_counter', 'default_workers', 'parallel_map', 'run_grid', 'mean_std',
-           'versus', 'cell_flags', 'is_slow_cell', 'is_real_cell', 'slow_enabled', 'real_enabled', 'guard_slow_cells']
+           'child_seed', 'atomic_file', 'write_text', 'write_json', 'publish', 'atomic_folder', 'save_results',
+           'load_results', 'FolderError', 'claim_folder', 'release_folder', 'tune_allocator', 'count_across_workers',
+           'forget_counter', 'default_workers', 'parallel_map', 'run_grid', 'mean_std', 'versus', 'table',
+           'process_state', 'cell_flags', 'is_slow_cell', 'is_real_cell', 'slow_enabled', 'real_enabled',
+           'guard_slow_cells']
 
 # %% ../nbs/00_core.ipynb #bb62a136
 import contextlib
@@ -99,6 +100,28 @@ def atomic_folder(path: str | os.PathLike):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
+# %% ../nbs/00_core.ipynb #f43344d5
+def save_results(path: str | Path,  # the results' JSON file; arrays go beside it, in the same name with .safetensors
+                 results: dict,  # JSON-able numbers and paths, numpy arrays under "arrays"
+                 ) -> Path:
+    """Keep a stage's results: its arrays in safetensors first, then the JSON, whose presence marks them complete."""
+    from safetensors.numpy import save_file
+    path, arrays = Path(path), results.get("arrays")
+    if arrays:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".safetensors.tmp")
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+        tmp.replace(path.with_suffix(".safetensors"))
+    return write_json(path, {k: v for k, v in results.items() if k != "arrays"})
+
+def load_results(path: str | Path) -> dict:
+    """A stage's results as `save_results` kept them (arrays back as numpy)."""
+    from safetensors.numpy import load_file
+    path = Path(path)
+    results = json.loads(path.read_text())
+    if path.with_suffix(".safetensors").exists(): results["arrays"] = load_file(str(path.with_suffix(".safetensors")))
+    return results
+
 # %% ../nbs/00_core.ipynb #5ef87411
 RUN_FILE, LOCK_FILE = "run.json", ".rmsecrets.lock"
 _HELD: dict = {}   # folder -> its open lock file, held until `release_folder` or the end of the process
@@ -153,58 +176,6 @@ def release_folder(out: str | os.PathLike) -> None:
     """Give up the claim on `out` (the end of the process does it too)."""
     lock = _HELD.pop(str(Path(out).resolve()), None)
     if lock is not None: lock.close()
-
-# %% ../nbs/00_core.ipynb #050942a3
-def _plain(v):   # JSON lists back to the tuples an optimiser's param_groups hold (betas)
-    return tuple(v) if isinstance(v, list) else v
-
-def save_training_state(path: str | os.PathLike,
-                        models: dict,  # name -> nn.Module (unwrapped): its weights
-                        optimizers: dict,  # name -> torch optimiser: its state
-                        state: dict,  # the loop's own state (JSON-able): step, history, running statistics
-                        ) -> Path:
-    """A checkpoint folder of safetensors and JSON files, written atomically."""
-    from safetensors.torch import save_file, save_model
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available(): rng |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    np_state = np.random.get_state()
-    generators = {"numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]], "python": random.getstate()}
-    with atomic_folder(path) as tmp:
-        for name, model in models.items(): save_model(model, str(tmp / f"{name}.safetensors"))   # tied weights once
-        optim = {}
-        for name, opt in optimizers.items():
-            sd = opt.state_dict()
-            tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()
-                       if torch.is_tensor(v)}
-            save_file(tensors, str(tmp / f"{name}.safetensors"))
-            optim[name] = {"param_groups": sd["param_groups"], "steps": sorted(sd["state"]),
-                           "scalars": {str(i): {k: v for k, v in s.items() if not torch.is_tensor(v)} for i, s in sd["state"].items()}}
-        save_file(rng, str(tmp / "rng.safetensors"))
-        write_json(tmp / "state.json", {"state": state, "optimizers": optim, "generators": generators})
-    return Path(path)
-
-def load_training_state(path: str | os.PathLike, models: dict, optimizers: dict) -> dict:
-    """Load a `save_training_state` folder into `models` and `optimizers`, restore every global generator, and return
-    the loop's state."""
-    from safetensors.torch import load_file, load_model
-    path = Path(path)
-    saved = json.loads((path / "state.json").read_text())
-    for name, model in models.items(): load_model(model, str(path / f"{name}.safetensors"))
-    for name, opt in optimizers.items():
-        tensors, info = load_file(str(path / f"{name}.safetensors")), saved["optimizers"][name]
-        state = {i: {**info["scalars"][str(i)], **{k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}}
-                 for i in info["steps"]}
-        opt.load_state_dict({"state": state, "param_groups": [{k: _plain(v) if k != "params" else v for k, v in g.items()}
-                                                              for g in info["param_groups"]]})
-    rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            if f"cuda.{i}" in rng: torch.cuda.set_rng_state(rng[f"cuda.{i}"], i)
-    g = saved["generators"]
-    np.random.set_state((g["numpy"][0], np.asarray(g["numpy"][1], dtype=np.uint32), *g["numpy"][2:]))
-    random.setstate((g["python"][0], tuple(g["python"][1]), g["python"][2]))
-    return saved["state"]
 
 # %% ../nbs/00_core.ipynb #33779de3
 _MALLOC_TUNED = 1 << 30      # bytes below which blocks stay in the heap, and free heap top kept before trimming
@@ -272,6 +243,7 @@ def parallel_map(fn: Callable,  # fn(item) -> result (anything picklable)
         for (o, a), d in zip(_COUNTERS, deltas): setattr(o, a, getattr(o, a) + d)
     return [result for result, _ in done]
 
+# %% ../nbs/00_core.ipynb #ca7bb1ba
 def run_grid(variants: dict,  # name -> whatever `run` needs to build that variant
              seeds: tuple,  # one run per seed and variant
              run: Callable,  # run(name, variant, seed) -> dict of results
@@ -305,6 +277,25 @@ def versus(a: dict, b: dict,  # two rows of `mean_std`
     """a − b in `key`, the spread it is judged against (the two seed-to-seed stds combined), and whether it exceeds it."""
     diff, spread = a[key] - b[key], float(np.hypot(a[f"{key}_std"], b[f"{key}_std"]))
     return {"diff": diff, "spread": spread, "beyond": bool(abs(diff) > spread)}
+
+# %% ../nbs/00_core.ipynb #01ce7b63
+def table(rows: list,  # dicts with the same keys, or lists under `header`
+          header: list | None = None,  # the column titles (default: the dicts' keys)
+          floats: str = ".3f",  # how floats are written
+          ) -> str:
+    """A Markdown table."""
+    header = list(header if header is not None else rows[0])
+    cells = [list(r.values()) if isinstance(r, dict) else list(r) for r in rows]
+    fmt = lambda v: f"{v:{floats}}" if isinstance(v, float) else str(v)
+    return "\n".join(["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(map(fmt, r)) + " |" for r in cells])
+
+# %% ../nbs/00_core.ipynb #55425309
+def process_state():
+    """accelerate's `PartialState` (one per process), honouring `ACCELERATE_USE_CPU`."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 # %% ../nbs/00_core.ipynb #5062c2d3
 SLOW_SWITCH = "RUN_SLOW"   # the notebook variable that turns a lesson's slow experiments on

@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['ASSISTANT_TAG', 'ROLE_TAGS', 'CHAT_ROLES', 'STRENGTH_KEYS', 'FINITE_COLUMNS', 'FORMATS', 'FORMAT_COLUMNS',
-           'DATA_SUFFIXES', 'PreferenceDataError', 'DataFileError', 'SkipReport', 'split_transcript', 'need_str',
-           'check_same_prompt', 'pair_from_transcript', 'pair_from_text', 'render_messages', 'render_pair_side',
-           'need_messages', 'pair_from_conversations', 'pair_from_messages', 'transcript_to_messages',
-           'turns_to_messages', 'pair_from_turns', 'normalise_keys', 'check_numbers', 'detect_format', 'read_text',
-           'read_file', 'pick_split', 'read_hub', 'read_rows', 'check_pair', 'rows_to_dataset', 'load_preferences',
-           'load_pairs', 'load_table', 'join_text', 'split_ids', 'fit_ids', 'tokenize_pairs', 'PairCollator']
+           'DATA_SUFFIXES', 'HH_RLHF', 'PreferenceDataError', 'DataFileError', 'SkipReport', 'split_transcript',
+           'need_str', 'check_same_prompt', 'pair_from_transcript', 'pair_from_text', 'render_messages',
+           'render_pair_side', 'need_messages', 'pair_from_conversations', 'pair_from_messages',
+           'transcript_to_messages', 'turns_to_messages', 'pair_from_turns', 'normalise_keys', 'check_numbers',
+           'detect_format', 'read_text', 'read_file', 'pick_split', 'read_hub', 'read_rows', 'check_pair',
+           'rows_to_dataset', 'load_preferences', 'load_pairs', 'load_table', 'hh_sample', 'join_text', 'split_ids',
+           'fit_ids', 'tokenize_pairs', 'PairCollator']
 
 # %% ../nbs/01_data.ipynb #34ea25ca
 import dataclasses, gzip, itertools, json, math, numbers, os, re, warnings, zlib
@@ -418,6 +419,18 @@ def load_table(data: str | os.PathLike,  # a world folder, a dataset folder, or 
     missing = [c for c in columns if c not in ds.column_names]
     if missing: raise DataFileError(data, f"no column(s) {missing}; it has {ds.column_names}")
     return ds, None, False
+
+# %% ../nbs/01_data.ipynb #0e2ec728
+HH_RLHF = "Anthropic/hh-rlhf"   # the human pairs on the hub; the project keeps its harmless-base test split beside it
+
+def hh_sample() -> Path | None:
+    """The hh-rlhf sample beside the project (`shared/data/hh-rlhf/harmless-base-test.jsonl.gz` above the working
+    directory or the package), or None where it is not there."""
+    import rmsecrets
+    here, package = Path.cwd().resolve(), Path(rmsecrets.__file__).resolve().parent
+    for root in (here, *here.parents, *package.parents):           # a notebook in nbs/, a checkout, an editable install
+        if (p := root / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz").exists(): return p
+    return None
 
 # %% ../nbs/01_data.ipynb #89380440
 def join_text(prompt: str, response: str) -> str:

@@ -5,26 +5,25 @@
 # %% auto #0
 __all__ = ['GOLD_PARTS', 'RM_UPDATES', 'KL_REFERENCES', 'ROUND_DIAGNOSTICS', 'gold_part_scores', 'part_sensitivity',
            'rm_diagnostics', 'IterativeConfig', 'IterativeResult', 'world_pairs', 'with_fresh', 'same_attention',
-           'kl_to', 'iterate', 'compare_iterative', 'round_values', 'summarise_rounds', 'paired_rounds',
-           'recovered_share', 'part_rounds', 'plot_parts', 'plot_rounds', 'plot_differences', 'final_differences']
+           'kl_to', 'round_samples', 'update_reward_model', 'load_round', 'keep_round', 'iterate', 'compare_iterative',
+           'round_values', 'summarise_rounds', 'paired_rounds', 'recovered_share', 'part_rounds', 'plot_parts',
+           'plot_rounds', 'plot_differences', 'final_differences']
 
 # %% ../nbs/10_iterative.ipynb #80e1a913
 import copy
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, parse_flag_from_env
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset, concatenate_datasets
 
-from .core import child_seed, run_grid, seeded, write_json
+from .core import child_seed, load_results, process_state, run_grid, save_results, seeded
 from .data import tokenize_pairs
 from .metarm import MetaRM, meta_batch, normalised_differences, ranking_accuracy
-from .model import load_reward_model, save_reward_model
+from .model import attn_implementation, load_reward_model, save_reward_model
 from .policy import Samples, gold_scores, load_policy, proxy_scores, reward_spread, sample
 from .ppo import PPOConfig, ppo, response_logprobs
 from .train import TrainConfig, bradley_terry, evaluate, train_reward_model
@@ -160,13 +159,13 @@ def with_fresh(pairs: Dataset, fresh: list, tokenizer, max_length: int) -> Datas
     base = pairs.select_columns(common)
     return concatenate_datasets([base, new.select_columns(common).cast(base.features)])
 
-# %% ../nbs/10_iterative.ipynb #1c3f7ddd
+# %% ../nbs/10_iterative.ipynb #8c640065
 def _round_seed(config: IterativeConfig, r: int) -> int: return child_seed(config.seed, "round", r)
 
 def same_attention(loaded, given):
     """`loaded` (from a finished round) set to the attention `given` computes with (the presets' eager, not the loader's
     default), so a resumed run goes on with the numbers of an uninterrupted one."""
-    if (attn := getattr(given.config, "_attn_implementation", None)) is not None: loaded.set_attn_implementation(attn)
+    if (attn := attn_implementation(given)) is not None: loaded.set_attn_implementation(attn)
     return loaded
 
 def kl_to(policy, reference, samples: Samples, pad_id: int, temperature: float) -> float:
@@ -174,6 +173,48 @@ def kl_to(policy, reference, samples: Samples, pad_id: int, temperature: float) 
     return float((response_logprobs(policy, samples, pad_id, temperature)
                   - response_logprobs(reference, samples, pad_id, temperature)).sum(1).mean())
 
+def round_samples(policy, config: IterativeConfig, r: int, meta_prompts: list, eval_prompts: list, sample_like) -> tuple:
+    """Round r's meta set (`meta_prompts` prompts at the meta temperature) and its held-out samples (every eval prompt),
+    drawn by the main process and handed to the others: MetaRM's θ′ must be the same everywhere."""
+    state, seed = process_state(), _round_seed(config, r)
+    chosen = np.random.default_rng([config.seed, r]).choice(len(meta_prompts), min(config.meta_prompts, len(meta_prompts)),
+                                                            replace=False)
+    meta = held = None
+    if state.is_main_process:
+        with seeded(seed):
+            meta = sample_like(policy, [meta_prompts[i] for i in chosen], config.meta_temperature)
+            held = sample_like(policy, eval_prompts, config.ppo.temperature)
+    if state.num_processes > 1: meta, held = broadcast_object_list([meta, held])
+    return meta, held
+
+def update_reward_model(rm, tokenizer, pairs, fresh: list, meta: Samples, config: IterativeConfig, base_loss, seed: int,
+                        out_dir: Path | None):
+    """The round's reward-model update: MetaRM on the meta set, the plain loss, or none (`fixed`); on the pairs plus
+    every round's fresh ones so far. A finished update in `out_dir` is loaded (`train_reward_model`)."""
+    if config.rm_update == "fixed": return rm
+    loss = base_loss
+    if config.rm_update == "metarm":
+        mb = meta_batch(meta, tokenizer, config.rm.max_length)
+        loss = MetaRM(mb["input_ids"], mb["attention_mask"], k=config.k, eta=config.eta, order=config.order,
+                      base=base_loss, seed=seed)
+    return train_reward_model(rm, tokenizer, with_fresh(pairs, fresh, tokenizer, config.rm.max_length),
+                              config=replace(config.rm, seed=seed), loss_fn=loss, out_dir=out_dir).model
+
+# %% ../nbs/10_iterative.ipynb #6c2e0cfd
+def load_round(done: Path, reward_model, sft) -> tuple:
+    """A finished round (round.json is written last): its row, evaluations and fresh pairs, and its reward model and
+    policy, computing with the attention of the models the run started from."""
+    saved = load_results(done / "round.json")
+    return (saved["row"], saved["evals"], Dataset.from_dict(saved["fresh"]),
+            same_attention(load_reward_model(done / "reward_model")[0], reward_model),
+            same_attention(load_policy(done / "ppo" / "policy")[0], sft))
+
+def keep_round(done: Path, rm, tokenizer, row: dict, evals: list, config: IterativeConfig, new: Dataset) -> None:
+    """Round r's reward model, then round.json: the round counts once that exists."""
+    save_reward_model(rm, tokenizer, done / "reward_model")
+    save_results(done / "round.json", {"row": row, "evals": evals, "config": asdict(config), "fresh": new.to_dict()})
+
+# %% ../nbs/10_iterative.ipynb #e9a1b3fa
 def iterate(policy,  # the SFT policy (copied)
             reward_model,  # the reward model trained on the preference pairs (copied)
             tokenizer,  # one tokenizer for both (the world's; or a real model's shared one)
@@ -195,7 +236,6 @@ def iterate(policy,  # the SFT policy (copied)
     eval_prompts, meta_prompts = eval_prompts or prompts[:config.ppo.eval_prompts], meta_prompts or prompts
     out_dir, world = Path(out_dir) if out_dir is not None else None, world or WorldConfig()
     parts_fn = parts_fn if gold_fn is not None else None
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))   # under accelerate launch: one copy per process
     sample_like = lambda pol, ps, temperature: sample(pol, tokenizer, ps, k=config.k, temperature=temperature,
                                                       top_p=config.ppo.top_p, max_new_tokens=config.ppo.max_new_tokens)
     mean_parts = lambda s: {k: float(v.mean()) for k, v in parts_fn(s).items()} if parts_fn is not None else None
@@ -203,45 +243,24 @@ def iterate(policy,  # the SFT policy (copied)
     for r in range(1, config.rounds + 1):
         done = out_dir / f"round_{r}" if out_dir is not None else None
         if done is not None and (done / "round.json").exists():                    # finished before: load and go on
-            saved = json.loads((done / "round.json").read_text())
-            rows.append(saved["row"]); evals.append(saved["evals"])
-            fresh.append(Dataset.from_dict(saved.get("fresh", {})))   # its fresh pairs (none in a round saved before them)
-            rm, policy = same_attention(load_reward_model(done / "reward_model")[0], reward_model), \
-                same_attention(load_policy(done / "ppo" / "policy")[0], sft)
+            row, ev, new, rm, policy = load_round(done, reward_model, sft)
+            rows.append(row); evals.append(ev); fresh.append(new)
             continue
         t0, seed = time.time(), _round_seed(config, r)
-        rng = np.random.default_rng([config.seed, r])
-        chosen = rng.choice(len(meta_prompts), min(config.meta_prompts, len(meta_prompts)), replace=False)
-        meta = held = None
-        if state.is_main_process:   # one meta set for every process (MetaRM's θ′ must be the same everywhere)
-            with seeded(seed):
-                meta = sample_like(policy, [meta_prompts[i] for i in chosen], config.meta_temperature)
-                held = sample_like(policy, eval_prompts, config.ppo.temperature)
-        if state.num_processes > 1: meta, held = broadcast_object_list([meta, held])
-        gold = gold_fn(held) if gold_fn is not None else None
-        parts = parts_fn(held) if parts_fn is not None else None
+        meta, held = round_samples(policy, config, r, meta_prompts, eval_prompts, sample_like)
+        gold, parts = gold_fn(held) if gold_fn is not None else None, parts_fn(held) if parts_fn is not None else None
         row = {"round": r, "rm_update": config.rm_update, "before": rm_diagnostics(rm, tokenizer, held, gold, valid, parts)}
         new = (world_pairs(meta, config.fresh_pairs, seed, world) if config.fresh_pairs
                else Dataset.from_dict({}))                        # the same samples MetaRM sees unlabelled, labelled
         fresh.append(new)
         if config.fresh_pairs: row["fresh_pairs"] = len(new)
-        if config.rm_update != "fixed":
-            loss = base_loss
-            if config.rm_update == "metarm":
-                mb = meta_batch(meta, tokenizer, config.rm.max_length)
-                loss = MetaRM(mb["input_ids"], mb["attention_mask"], k=config.k, eta=config.eta, order=config.order,
-                              base=base_loss, seed=seed)
-            update = done / "rm_update" if done is not None else None   # its checkpoints; model/ once it has finished
-            if update is not None and (update / "metrics.json").exists():
-                rm = same_attention(load_reward_model(update / "model")[0], reward_model)
-            else: rm = train_reward_model(rm, tokenizer, with_fresh(pairs, fresh, tokenizer, config.rm.max_length),
-                                          config=replace(config.rm, seed=seed), loss_fn=loss, out_dir=update).model
+        rm = update_reward_model(rm, tokenizer, pairs, fresh, meta, config, base_loss, seed,
+                                 done / "rm_update" if done is not None else None)   # its checkpoints; model/ once finished
         row["after"] = rm_diagnostics(rm, tokenizer, held, gold, valid, parts)
         res = ppo(policy, rm, tokenizer, prompts, replace(config.ppo, seed=seed), eval_prompts=eval_prompts,
                   gold_fn=gold_fn, out_dir=done / "ppo" if done is not None else None,
                   reference=sft if config.kl_reference == "sft" else None)
-        policy = res.policy
-        first, last = res.evals[0], res.evals[-1]
+        policy, first, last = res.policy, res.evals[0], res.evals[-1]
         row.update({f"{k}_start": first[k] for k in ("gold", "proxy") if k in first})
         row.update({k: last[k] for k in ("gold", "proxy", "kl", "spread", "length") if k in last})
         with seeded(child_seed(config.seed, "end", r)):            # the round's policy against SFT, part by part
@@ -250,14 +269,11 @@ def iterate(policy,  # the SFT policy (copied)
         if parts_fn is not None: row |= {"parts_start": mean_parts(held), "parts": mean_parts(end)}
         row["seconds"] = time.time() - t0
         rows.append(row); evals.append(res.evals)
-        if done is not None and state.is_main_process:
-            save_reward_model(rm, tokenizer, done / "reward_model")
-            write_json(done / "round.json", {"row": row, "evals": res.evals, "config": asdict(config),
-                                             "fresh": new.to_dict()})   # the round counts once this exists
-        state.wait_for_everyone()
+        if done is not None and process_state().is_main_process: keep_round(done, rm, tokenizer, row, res.evals, config, new)
+        process_state().wait_for_everyone()
     return IterativeResult(policy, rm, rows, evals)
 
-# %% ../nbs/10_iterative.ipynb #25f6ec11
+# %% ../nbs/10_iterative.ipynb #92183d3b
 def compare_iterative(sft_policy, reward_model, tokenizer, pairs, prompts: list, eval_prompts: list,
                       updates: dict,  # name -> IterativeConfig overrides, e.g. {"MetaRM": {"rm_update": "metarm"}}
                       seeds: tuple = (0, 1, 2), config: IterativeConfig = IterativeConfig(),
@@ -282,7 +298,7 @@ def round_values(run: dict, key: str) -> list:
     if key in ("gold", "proxy"): return [rows[0][f"{key}_start"]] + [row[key] for row in rows]
     if key == "kl_sft": return [0.0] + [row["kl_sft"] for row in rows]
     if key == "kl": return [0.0] + [row["kl"] for row in rows]
-    return [rows[0].get("before", {}).get(key)] + [row["after"].get(key) for row in rows]
+    return [rows[0]["before"].get(key)] + [row["after"].get(key) for row in rows]
 
 def summarise_rounds(runs: list[dict]) -> list[dict]:
     """Per update and round (0: the SFT policy): gold and proxy reward, KL, and the updated reward model's
@@ -290,7 +306,7 @@ def summarise_rounds(runs: list[dict]) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["name"] for r in runs):
         mine = [r for r in runs if r["name"] == name]
-        first = mine[0]["rounds"][0]                                  # what the rounds recorded (older runs: less)
+        first = mine[0]["rounds"][0]                                  # what the rounds recorded (gold, validation)
         keys = (["gold"] + [k for k, at in (("proxy", "proxy_start"), ("kl", "kl"), ("kl_sft", "kl_sft")) if at in first]
                 + [k for k in ROUND_DIAGNOSTICS if k in first["after"]])
         vals = {k: np.array([round_values(r, k) for r in mine], dtype=float) for k in keys}    # [seeds, rounds + 1]
@@ -302,6 +318,7 @@ def summarise_rounds(runs: list[dict]) -> list[dict]:
             out.append(row)
     return out
 
+# %% ../nbs/10_iterative.ipynb #4af83706
 def paired_rounds(runs: list[dict], a: str, b: str, key: str = "gold",
                   n_boot: int = 10000, seed: int = 0) -> list[dict]:
     """Per round, update `a` minus update `b` on `key`, paired by seed: the mean difference, a 95% bootstrap interval
@@ -335,6 +352,7 @@ def recovered_share(runs: list[dict], update: str, low: str = "no update", high:
              "gain": float((u - l)[:, i].mean()), "fresh_gain": float((h - l)[:, i].mean()), "seeds": len(seeds)}
             for i in range(1, u.shape[1])]
 
+# %% ../nbs/10_iterative.ipynb #6d6dfa24
 def part_rounds(runs: list[dict], which: str = "parts") -> list[dict]:
     """Per update, round and gold part: the policy's mean part (`which="parts"`, round 0: SFT) or the reward model's
     sensitivity to it after the update (`which="sensitivity"`), mean ± std over seeds."""
@@ -368,6 +386,7 @@ def plot_parts(runs: list[dict], which: str = "parts", parts: tuple = GOLD_PARTS
     np.atleast_1d(axes)[-1].legend(fontsize=6)
     return axes
 
+# %% ../nbs/10_iterative.ipynb #514e6195
 def plot_rounds(runs: list[dict], ax=None, key: str = "gold"):
     """Gold reward (or `key`) of the policy after each round (0: SFT), mean ± std over seeds, per update."""
     import matplotlib.pyplot as plt

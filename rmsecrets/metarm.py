@@ -98,6 +98,7 @@ class MetaRM(RewardLoss):
         if "rng" in state: self._rng.bit_generator.state = state["rng"]
         self.last_J = state.get("last_J", self.last_J)
 
+# %% ../nbs/09_metarm.ipynb #f314fc46
 def meta_batch(samples, tokenizer, max_length: int = 128) -> dict:
     """Policy samples (`rmsecrets.policy.sample`, k per prompt) as the reward model's input_ids and attention_mask."""
     return encode_responses(tokenizer, samples.prompts, samples.responses, max_length=max_length)
@@ -112,11 +113,9 @@ def sample_meta_set(policy, tokenizer, prompts: list,
     """The meta set of `rmsecrets metarm`: the main process samples k responses to each of n prompts and writes them to
     `path`; every process reads them back (MetaRM's θ′ must be the same on all of them). Returns prompts and responses."""
     import json
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-    from rmsecrets.core import seeded, write_text
+    from rmsecrets.core import process_state, seeded, write_text
     from rmsecrets.policy import sample
-    state, path = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")), Path(path)
+    state, path = process_state(), Path(path)
     if state.is_main_process:
         chosen = np.random.default_rng(seed).choice(len(prompts), min(n_prompts, len(prompts)), replace=False)
         with seeded(seed):

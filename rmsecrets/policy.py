@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['SAMPLING', 'make_policy', 'policy_card', 'save_policy', 'load_policy', 'tokenize_demonstrations', 'SFTConfig',
-           'SFTResult', 'train_sft', 'Samples', 'sample', 'gold_scores', 'proxy_scores', 'reward_spread']
+           'SFTResult', 'train_sft', 'Samples', 'sample', 'gold_scores', 'proxy_scores', 'reward_spread', 'judge_fn',
+           'win_rate']
 
 # %% ../nbs/07_policy.ipynb #85dbbdb7
 import json
@@ -52,6 +53,7 @@ def make_policy(backbone: str | os.PathLike,  # a preset name (`PRESETS`), a loc
     if gradient_checkpointing: enable_checkpointing(model)
     return model
 
+# %% ../nbs/07_policy.ipynb #b32c6529
 SAMPLING = dict(temperature=0.8, top_p=0.9, max_new_tokens=24)  # `sample`'s defaults, saved as the policy's generation defaults
 
 def policy_card(model: PreTrainedModel, tokenizer,
@@ -99,6 +101,7 @@ tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens
 """
     return f"---\n{meta.to_yaml()}\n---\n{body}"
 
+# %% ../nbs/07_policy.ipynb #120eccc1
 def save_policy(model, tokenizer, path,
                 state_dict: dict | None = None,  # the full weights of a sharded policy: `accelerator.get_state_dict(model)`
                 card: dict | None = None,  # what the model card says (`policy_card`)
@@ -166,6 +169,7 @@ class SFTResult:
     history: list                  # {"step", "epoch", "loss", "lr", "grad_norm"} every log_every steps, as in metrics.jsonl
     metrics: dict                  # {"loss": mean training loss over the last epoch's steps, "steps"}
 
+# %% ../nbs/07_policy.ipynb #b505f3d9
 def train_sft(policy, tokenizer, demonstrations: Dataset,  # columns prompt, response (or input_ids, labels)
               config: SFTConfig = SFTConfig(), out_dir: str | Path | None = None,  # model/, metrics.json(l), checkpoints/
               accelerator: Accelerator | None = None,
@@ -261,3 +265,31 @@ def reward_spread(scores: np.ndarray,  # [P·k] scores, prompt-major
     s = np.asarray(scores, dtype=np.float64).reshape(-1, k)                 # [P, k]
     diffs = np.abs(s[:, :, None] - s[:, None, :])                           # [P, k, k]
     return float(diffs[:, np.triu_indices(k, 1)[0], np.triu_indices(k, 1)[1]].mean())
+
+# %% ../nbs/07_policy.ipynb #1a65d323
+def judge_fn(judge, tokenizer, max_length: int = 256):
+    """Samples -> the judge reward model's scores: the stand-in for a gold reward in `ppo` and `iterate`."""
+    def gold(samples): return proxy_scores(judge, tokenizer, samples, max_length=max_length)
+    return gold
+
+@torch.no_grad()
+def win_rate(policy, reference, tokenizer, judge, prompts: list,
+             max_new_tokens: int = 64,  # each answer's cap
+             max_length: int = 256,  # tokens the judge reads
+             seed: int = 0,
+             examples: int = 0,  # also return the first `examples` prompts with both answers
+             ) -> dict:
+    """The judge's preference of `policy` over `reference`: one sample each per prompt, ties counted half."""
+    kw = dict(k=1, temperature=0.8, top_p=0.9, max_new_tokens=max_new_tokens)
+    with seeded(seed): a = sample(policy, tokenizer, prompts, **kw)
+    with seeded(seed): b = sample(reference, tokenizer, prompts, **kw)
+    ja, jb = judge_fn(judge, tokenizer, max_length)(a), judge_fn(judge, tokenizer, max_length)(b)
+    wins = (ja > jb) + 0.5 * (ja == jb)
+    out = {"win_rate": float(wins.mean()), "win_rate_se": float(wins.std() / np.sqrt(len(wins))),
+           "ties": float((ja == jb).mean()),   # the same answer from both (a policy PPO has barely moved)
+           "judge": float(ja.mean()), "judge_reference": float(jb.mean()),
+           "length": float(a.response_mask.sum(1).float().mean()), "length_reference": float(b.response_mask.sum(1).float().mean())}
+    if examples:
+        out["examples"] = [{"prompt": p, "policy": x, "reference": y, "judge": float(u), "judge_reference": float(v)}
+                           for p, x, y, u, v in list(zip(prompts, a.responses, b.responses, ja, jb))[:examples]]
+    return out

@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['PPO_PRESETS', 'PPO_KEYS', 'masked_mean', 'whiten', 'RunningMoments', 'token_rewards', 'gae', 'policy_loss',
            'value_loss', 'response_logprobs', 'token_values', 'PPOConfig', 'PPOResult', 'evaluate_policy', 'AdapterOff',
-           'lora_is_zero', 'reference_policy', 'ppo', 'save_ppo_checkpoint', 'latest_ppo_checkpoint', 'compare_ppo',
-           'summarise_ppo', 'plot_ppo']
+           'lora_is_zero', 'reference_policy', 'Experience', 'score_rollout', 'ppo_update', 'make_critic',
+           'reward_moments', 'resume_ppo', 'ppo_models', 'keep_policy', 'iteration_log', 'ppo', 'save_ppo_checkpoint',
+           'compare_ppo', 'summarise_ppo', 'plot_ppo']
 
 # %% ../nbs/08_ppo.ipynb #a90d6535
 import copy
 import json
 import math
-import shutil
 import time
 from dataclasses import replace, asdict, dataclass
 from pathlib import Path
@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
-from .core import (load_training_state, mean_std, run_grid, save_training_state, seeded, tune_allocator,
-                            write_json, write_text)
+from .core import mean_std, run_grid, seeded, tune_allocator, write_json, write_text
 from .model import add_lora, lora_targets, merge_lora, reward_head
 from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy
+from .train import latest_checkpoint, save_checkpoint
 
 # %% ../nbs/08_ppo.ipynb #39afc719
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -236,7 +236,151 @@ def reference_policy(policy, config: PPOConfig,
                          "from: merge it first (rmsecrets.model.merge_lora) and PPO adds a fresh adapter")
     return policy, AdapterOff(policy)
 
-# %% ../nbs/08_ppo.ipynb #0a856f71
+# %% ../nbs/08_ppo.ipynb #897ab997
+@dataclass
+class Experience:
+    """A scored rollout: what the update epochs read."""
+    samples: Samples
+    score: torch.Tensor          # [N] r(x, y) of the reward model
+    mask: torch.Tensor           # [N, T] response tokens
+    old_lp: torch.Tensor         # [N, T] log π_old of each response token
+    old_v: torch.Tensor          # [N, T] V_old
+    adv: torch.Tensor            # [N, T] GAE advantages (whitened)
+    ret: torch.Tensor            # [N, T] returns, the critic's targets
+    kl: torch.Tensor             # [N, T] log π_old − log π_ref
+
+@torch.no_grad()
+def score_rollout(s: Samples, policy, ref, critic, reward_model, rm_tokenizer, moments: RunningMoments,
+                  config: PPOConfig, acc: Accelerator, pad: int) -> Experience:
+    """The reward model's score, the reference's and the old policy's log-probabilities and the old values of a rollout,
+    turned into per-token rewards (normalised, clipped, KL-penalised) and advantages."""
+    score = torch.as_tensor(proxy_scores(reward_model, rm_tokenizer, s), device=acc.device)       # [N] r(x, y)
+    mask = s.response_mask.to(acc.device).float()
+    old_lp = response_logprobs(policy, s, pad, config.temperature)
+    ref_lp = response_logprobs(ref, s, pad, config.temperature)
+    old_v = token_values(critic, s, pad)
+    if config.reward_norm:                                                         # r̃ = (r − μ) / σ
+        moments.update(acc.gather(score)); normed = (score - moments.mean) / max(moments.std, 1e-8)
+    else: normed = score
+    if config.reward_clip is not None: normed = normed.clamp(-config.reward_clip, config.reward_clip)
+    rewards, kl = token_rewards(normed, old_lp, ref_lp, mask, config.kl_coef)
+    adv, ret = gae(rewards, old_v, mask, config.gamma, config.lam)
+    if config.whiten_advantages: adv = whiten(adv, mask)
+    return Experience(s, score, mask, old_lp, old_v, adv, ret, kl)
+
+# %% ../nbs/08_ppo.ipynb #99b11f47
+def ppo_update(e: Experience, policy, critic, opt, copt, config: PPOConfig, acc: Accelerator, rng: np.random.Generator,
+               pad: int, warm: bool,  # True: the critic alone learns (the first `critic_warmup` iterations)
+               ptx_iter=None,  # mini-batches of demonstrations for the ptx loss, or None
+               ) -> tuple[list, int]:
+    """`ppo_epochs` passes of mini-batch updates over one scored rollout: the critic on the clipped value loss, then the
+    policy on the clipped policy loss (+ γ_ptx · L_SFT). Returns (policy loss, value loss, clip fraction) per
+    mini-batch and the ptx batches used."""
+    stats, ptx_used = [], 0
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(len(e.mask), generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+        for idx in order.split(config.mini_batch):
+            mb = _select(e.samples, idx)
+            v = token_values(critic, mb, pad)
+            vl = value_loss(v, e.old_v[idx], e.ret[idx], e.mask[idx], config.value_clip)
+            acc.backward(vl)
+            if config.max_grad_norm: acc.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
+            copt.step(); copt.zero_grad()
+            pl = frac = torch.zeros(())
+            if not warm:
+                lp = response_logprobs(policy, mb, pad, config.temperature)
+                pl, frac = policy_loss(lp, e.old_lp[idx], e.adv[idx], e.mask[idx], config.clip_ratio)
+                loss = pl
+                if ptx_iter is not None:                                                # + γ_ptx · L_SFT
+                    loss = loss + config.ptx_coef * policy(**{n: t.to(acc.device) for n, t in next(ptx_iter).items()}).loss
+                    ptx_used += 1
+                acc.backward(loss)
+                if config.max_grad_norm: acc.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                opt.step(); opt.zero_grad()
+            stats.append((pl.item(), vl.item(), frac.item()))
+    return stats, ptx_used
+
+def _select(s: Samples, idx: torch.Tensor) -> Samples:
+    """The rows `idx` of a Samples (a PPO mini-batch)."""
+    return Samples([s.prompts[i] for i in idx], [s.responses[i] for i in idx], s.prompt_ids[idx], s.response_ids[idx],
+                   s.response_mask[idx], s.k)
+
+# %% ../nbs/08_ppo.ipynb #c702d1a2
+def make_critic(reward_model, config: PPOConfig, device):
+    """V: a trainable copy of the reward model (or, `critic_from_rm=False`, its shape with fresh weights), LoRA as the
+    policy has it."""
+    if config.critic_from_rm: critic = copy.deepcopy(reward_model)                        # V: the reward model itself
+    else:                                                                                  # ... or its shape, fresh weights
+        with seeded(config.seed):
+            critic = AutoModelForSequenceClassification.from_config(copy.deepcopy(reward_model.config))
+        critic = critic.to(device=device, dtype=next(reward_model.parameters()).dtype)
+    critic.requires_grad_(True)
+    if config.lora_r: critic = _lora(merge_lora(critic), config)                          # frozen trunk, head trained
+    return critic
+
+def reward_moments(config: PPOConfig, num_processes: int) -> RunningMoments:
+    """The reward normaliser, started from the reward model's own statistics where known (worth one rollout: the
+    policy's scores soon dominate)."""
+    moments = RunningMoments()
+    if config.reward_norm and config.reward_mean is not None:
+        moments.n = config.rollout_prompts * config.k * num_processes
+        moments.mean, moments.m2 = config.reward_mean, (config.reward_std or 1.0) ** 2 * moments.n
+    return moments
+
+def resume_ppo(out_dir: Path | None, acc: Accelerator, moments: RunningMoments, rng: np.random.Generator) -> dict:
+    """A killed run's history, evaluations, ptx position and next iteration, its weights, optimisers and generators
+    restored from the newest checkpoint; a fresh run's empty ones."""
+    run = {"history": [], "evals": [], "ptx_used": 0, "start": 1}
+    if (ckpt := latest_checkpoint(out_dir)) is not None:
+        acc.load_state(str(ckpt))                                      # weights, optimisers, every global generator
+        st = json.loads((ckpt / "trainer_state.json").read_text())
+        mine = st["processes"][acc.process_index]                       # this process's own draws and logs
+        run = {"history": mine["history"], "evals": mine["evals"], "ptx_used": st["ptx_used"], "start": st["step"] + 1}
+        moments.load_state_dict(st["moments"]); rng.bit_generator.state = mine["rng"]
+        acc.print(f"resumed from {ckpt} at iteration {st['step']}")
+    if out_dir is not None and acc.is_main_process:   # the logs restart from the checkpoint's (empty for a fresh run)
+        for name in ("history", "evals"): write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in run[name]))
+    return run
+
+def ppo_models(policy, reward_model, config: PPOConfig, acc: Accelerator, reference=None) -> tuple:
+    """(policy, π_ref, reward model, critic, the two optimisers), on the device and prepared by `acc`."""
+    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise NotImplementedError(f"ppo prepares two models with optimisers of their own and no data loader, which "
+                                  f"{acc.distributed_type.value} does not take: run it under DDP "
+                                  f"(`rmsecrets config ddp`), with LoRA (lora_r > 0) for large models")
+    policy, ref = reference_policy(policy, config, reference)                              # π_ref: the SFT policy
+    if not isinstance(ref, AdapterOff): ref = ref.to(acc.device)
+    reward_model = reward_model.to(acc.device)                                              # scored under no_grad only
+    critic = make_critic(reward_model, config, acc.device)
+    policy.eval(); critic.eval()   # no dropout: the ratio must compare the same function (gradients still flow)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr)
+    copt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=config.critic_lr)
+    policy, critic, opt, copt = acc.prepare(policy, critic, opt, copt)
+    return policy, ref, reward_model, critic, opt, copt
+
+# %% ../nbs/08_ppo.ipynb #6af72eda
+def keep_policy(policy, tokenizer, config: PPOConfig, evals: list, out_dir: Path, acc: Accelerator, card: dict | None):
+    """out_dir/policy (with its card and sampling defaults) and metrics.json, on the main process."""
+    if not acc.is_main_process: return
+    info = {"method": "PPO-max (Secrets of RLHF, Part I)", "metrics": {f"{when}_{k}": v for when, e in
+            (("first", evals[0]), ("last", evals[-1])) for k, v in e.items() if k != "iteration"},
+            "settings": {k: getattr(config, k) for k in ("iterations", "rollout_prompts", "k", "lr", "kl_coef", "reward_norm",
+                                                         "reward_clip", "lora_r", "seed")}, **(card or {})}
+    save_policy(policy, tokenizer, out_dir / "policy", card=info,
+                sampling=dict(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens))
+    write_json(out_dir / "metrics.json", {"config": asdict(config), "first": evals[0], "last": evals[-1],
+                                          "num_processes": acc.num_processes})
+
+def iteration_log(it: int, e: Experience, stats: list, moments: RunningMoments, warm: bool, acc: Accelerator,
+                  t: tuple) -> dict:
+    """One line of history.jsonl: rewards, KL, length, the losses, the normaliser, and the seconds of each phase."""
+    pl, vl, frac = np.mean(stats, 0)
+    return {"iteration": it, "proxy": acc.gather(e.score).mean().item(), "kl": acc.gather(e.kl.sum(1)).mean().item(),
+            "length": e.mask.sum(1).mean().item(), "policy_loss": pl, "value_loss": vl, "clip_fraction": frac,
+            "score_mean": moments.mean, "score_std": moments.std, "critic_only": warm,
+            "seconds_rollout": t[1] - t[0], "seconds_scoring": t[2] - t[1], "seconds_update": t[3] - t[2]}
+
+# %% ../nbs/08_ppo.ipynb #80f45bfb
 def ppo(policy,  # the SFT policy (trained in place)
         reward_model,  # a decoder reward model (frozen); also the critic's initialisation
         tokenizer,  # the policy's tokenizer
@@ -253,132 +397,45 @@ def ppo(policy,  # the SFT policy (trained in place)
         ) -> PPOResult:
     """PPO-max: train `policy` on `reward_model`'s scores with a KL penalty to its starting point."""
     acc = accelerator or Accelerator()
-    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise NotImplementedError(f"ppo prepares two models with optimisers of their own and no data loader, which "
-                                  f"{acc.distributed_type.value} does not take: run it under DDP "
-                                  f"(`rmsecrets config ddp`), with LoRA (lora_r > 0) for large models")
     set_seed(config.seed)
     tune_allocator()                                                                        # 00_core
-    rm_tokenizer, pad = rm_tokenizer or tokenizer, tokenizer.pad_token_id
-    policy, ref = reference_policy(policy, config, reference)                              # π_ref: the SFT policy
-    if not isinstance(ref, AdapterOff): ref = ref.to(acc.device)
-    reward_model = reward_model.to(acc.device)                                              # scored under no_grad only
-    if config.critic_from_rm: critic = copy.deepcopy(reward_model)                        # V: the reward model itself
-    else:                                                                                  # ... or its shape, fresh weights
-        with seeded(config.seed):
-            critic = AutoModelForSequenceClassification.from_config(copy.deepcopy(reward_model.config))
-        critic = critic.to(device=acc.device, dtype=next(reward_model.parameters()).dtype)
-    critic.requires_grad_(True)
-    if config.lora_r: critic = _lora(merge_lora(critic), config)                          # frozen trunk, head trained
-    policy.eval(); critic.eval()   # no dropout: the ratio must compare the same function (gradients still flow)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr)
-    copt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=config.critic_lr)
-    policy, critic, opt, copt = acc.prepare(policy, critic, opt, copt)
+    rm_tokenizer, pad, out_dir = rm_tokenizer or tokenizer, tokenizer.pad_token_id, Path(out_dir) if out_dir is not None else None
+    policy, ref, reward_model, critic, opt, copt = ppo_models(policy, reward_model, config, acc, reference)
     eval_prompts = eval_prompts or prompts[:config.eval_prompts]
-    rng = np.random.default_rng([config.seed, acc.process_index])
-    moments, history, evals = RunningMoments(), [], []
-    if config.reward_norm and config.reward_mean is not None:   # the reward model's own statistics, worth one rollout; the policy's scores soon dominate
-        moments.n = config.rollout_prompts * config.k * acc.num_processes
-        moments.mean, moments.m2 = config.reward_mean, (config.reward_std or 1.0) ** 2 * moments.n
-    ptx_used, out_dir, start = 0, Path(out_dir) if out_dir is not None else None, 1
-    models, optimizers = {"policy": acc.unwrap_model(policy), "critic": acc.unwrap_model(critic)}, {"policy_optimizer": opt,
-                                                                                                   "critic_optimizer": copt}
-    if (ckpt := latest_ppo_checkpoint(out_dir)) is not None:   # a killed run: go on from its newest checkpoint
-        st = load_training_state(ckpt / f"process-{acc.process_index}", models, optimizers)   # weights, optimisers, generators
-        history, evals, ptx_used, start = st["history"], st["evals"], st["ptx_used"], st["iteration"] + 1
-        moments.load_state_dict(st["moments"]); rng.bit_generator.state = st["rng"]
-        acc.print(f"resumed from {ckpt} at iteration {st['iteration']}")
-    ptx_iter = (_ptx_batches(demonstrations, tokenizer, config.mini_batch, config.seed, ptx_used)
+    rng, moments = np.random.default_rng([config.seed, acc.process_index]), reward_moments(config, acc.num_processes)
+    run = resume_ppo(out_dir, acc, moments, rng)
+    history, evals = run["history"], run["evals"]
+    ptx_iter = (_ptx_batches(demonstrations, tokenizer, config.mini_batch, config.seed, run["ptx_used"])
                 if config.ptx_coef and demonstrations is not None else None)
-    if out_dir is not None and acc.is_main_process:   # the logs restart from the checkpoint's (empty for a fresh run)
-        for name, rows in (("history.jsonl", history), ("evals.jsonl", evals)):
-            write_text(out_dir / name, "".join(json.dumps(r) + "\n" for r in rows))
-
     def _evaluate(it):
-        e = {"iteration": it, **evaluate_policy(acc.unwrap_model(policy), ref, reward_model, rm_tokenizer, tokenizer,
-                                                eval_prompts, config, gold_fn)}
-        evals.append(e)
-        _append(out_dir, "evals.jsonl", e, acc)
-
-    if start == 1: _evaluate(0)
-    bar = tqdm(range(start, config.iterations + 1), disable=not (config.progress and acc.is_local_main_process), desc="ppo")
+        evals.append({"iteration": it, **evaluate_policy(acc.unwrap_model(policy), ref, reward_model, rm_tokenizer, tokenizer,
+                                                         eval_prompts, config, gold_fn)})
+        _append(out_dir, "evals.jsonl", evals[-1], acc)
+    if run["start"] == 1: _evaluate(0)
+    bar = tqdm(range(run["start"], config.iterations + 1), disable=not (config.progress and acc.is_local_main_process), desc="ppo")
     for it in bar:
-        t0 = time.time()
-        # rollout: sample the experience buffer
-        batch_prompts = [prompts[i] for i in rng.choice(len(prompts), config.rollout_prompts, replace=len(prompts) < config.rollout_prompts)]
-        s = sample(acc.unwrap_model(policy), tokenizer, batch_prompts, k=config.k, temperature=config.temperature,
+        t0 = time.time()                                                                  # rollout: the experience buffer
+        batch = [prompts[i] for i in rng.choice(len(prompts), config.rollout_prompts, replace=len(prompts) < config.rollout_prompts)]
+        s = sample(acc.unwrap_model(policy), tokenizer, batch, k=config.k, temperature=config.temperature,
                    top_p=config.top_p, max_new_tokens=config.max_new_tokens)
         t1 = time.time()
-        # scoring: reward model, reference, old policy and old values
-        with torch.no_grad():
-            score = torch.as_tensor(proxy_scores(reward_model, rm_tokenizer, s), device=acc.device)       # [N] r(x, y)
-            mask = s.response_mask.to(acc.device).float()
-            old_lp = response_logprobs(policy, s, pad, config.temperature)
-            ref_lp = response_logprobs(ref, s, pad, config.temperature)
-            old_v = token_values(critic, s, pad)
-            if config.reward_norm:                                                         # r̃ = (r − μ) / σ
-                moments.update(acc.gather(score)); normed = (score - moments.mean) / max(moments.std, 1e-8)
-            else: normed = score
-            if config.reward_clip is not None: normed = normed.clamp(-config.reward_clip, config.reward_clip)
-            rewards, kl = token_rewards(normed, old_lp, ref_lp, mask, config.kl_coef)
-            adv, ret = gae(rewards, old_v, mask, config.gamma, config.lam)
-            if config.whiten_advantages: adv = whiten(adv, mask)
-        t2 = time.time()
-        # update: a few epochs over the buffer in mini-batches
-        stats, warm = [], it <= config.critic_warmup
-        for _ in range(config.ppo_epochs):
-            for idx in torch.randperm(len(mask), generator=torch.Generator().manual_seed(int(rng.integers(2**31)))).split(config.mini_batch):
-                mb = _select(s, idx)
-                v = token_values(critic, mb, pad)
-                vl = value_loss(v, old_v[idx], ret[idx], mask[idx], config.value_clip)
-                acc.backward(vl)
-                if config.max_grad_norm: acc.clip_grad_norm_(critic.parameters(), config.max_grad_norm)
-                copt.step(); copt.zero_grad()
-                pl = frac = torch.zeros(())
-                if not warm:
-                    lp = response_logprobs(policy, mb, pad, config.temperature)
-                    pl, frac = policy_loss(lp, old_lp[idx], adv[idx], mask[idx], config.clip_ratio)
-                    loss = pl
-                    if ptx_iter is not None:                                                # + γ_ptx · L_SFT
-                        loss = loss + config.ptx_coef * policy(**{n: t.to(acc.device) for n, t in next(ptx_iter).items()}).loss
-                        ptx_used += 1
-                    acc.backward(loss)
-                    if config.max_grad_norm: acc.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                    opt.step(); opt.zero_grad()
-                stats.append((pl.item(), vl.item(), frac.item()))
-        t3 = time.time()
-        pl_mean, vl_mean, frac_mean = np.mean(stats, 0)
-        h = {"iteration": it, "proxy": acc.gather(score).mean().item(), "kl": acc.gather(kl.sum(1)).mean().item(),
-             "length": mask.sum(1).mean().item(), "policy_loss": pl_mean, "value_loss": vl_mean, "clip_fraction": frac_mean,
-             "score_mean": moments.mean, "score_std": moments.std, "critic_only": warm,
-             "seconds_rollout": t1 - t0, "seconds_scoring": t2 - t1, "seconds_update": t3 - t2}
-        history.append(h)
-        _append(out_dir, "history.jsonl", h, acc)
-        bar.set_postfix(proxy=f"{h['proxy']:.2f}", kl=f"{h['kl']:.2f}")
+        e = score_rollout(s, policy, ref, critic, reward_model, rm_tokenizer, moments, config, acc, pad)
+        t2, warm = time.time(), it <= config.critic_warmup
+        stats, used = ppo_update(e, policy, critic, opt, copt, config, acc, rng, pad, warm, ptx_iter)
+        run["ptx_used"] += used
+        history.append(iteration_log(it, e, stats, moments, warm, acc, (t0, t1, t2, time.time())))
+        _append(out_dir, "history.jsonl", history[-1], acc)
+        bar.set_postfix(proxy=f"{history[-1]['proxy']:.2f}", kl=f"{history[-1]['kl']:.2f}")
         if (config.eval_every and it % config.eval_every == 0) or it == config.iterations: _evaluate(it)
         if out_dir is not None and config.save_every and it % config.save_every == 0 and it < config.iterations:
-            save_ppo_checkpoint(acc, out_dir, models, optimizers, config.keep_checkpoints,
-                                {"iteration": it, "history": history, "evals": evals, "moments": moments.state_dict(),
-                                 "rng": rng.bit_generator.state, "ptx_used": ptx_used})
+            save_ppo_checkpoint(acc, out_dir, it, history, evals, moments, rng, run["ptx_used"], config.keep_checkpoints)
     policy, critic = acc.unwrap_model(policy).eval(), acc.unwrap_model(critic).eval()
     if config.lora_r:   # plain models again: W ← W + (α/r)·B·A in place, every weight trainable as it came in
         policy, critic = policy.merge_and_unload().requires_grad_(True), critic.merge_and_unload().requires_grad_(True)
-    if out_dir is not None and acc.is_main_process:
-        info = {"method": "PPO-max (Secrets of RLHF, Part I)", "metrics": {f"{when}_{k}": v for when, e in
-                (("first", evals[0]), ("last", evals[-1])) for k, v in e.items() if k != "iteration"},
-                "settings": {k: getattr(config, k) for k in ("iterations", "rollout_prompts", "k", "lr", "kl_coef", "reward_norm",
-                                                             "reward_clip", "lora_r", "seed")}, **(card or {})}
-        save_policy(policy, tokenizer, out_dir / "policy", card=info,
-                    sampling=dict(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens))
-        write_json(out_dir / "metrics.json", {"config": asdict(config), "first": evals[0], "last": evals[-1],
-                                              "num_processes": acc.num_processes})
+    if out_dir is not None: keep_policy(policy, tokenizer, config, evals, out_dir, acc, card)
     return PPOResult(policy, critic, history, evals)
 
-def _select(s: Samples, idx: torch.Tensor) -> Samples:
-    """The rows `idx` of a Samples (a PPO mini-batch)."""
-    return Samples([s.prompts[i] for i in idx], [s.responses[i] for i in idx], s.prompt_ids[idx], s.response_ids[idx],
-                   s.response_mask[idx], s.k)
-
+# %% ../nbs/08_ppo.ipynb #e884b0d2
 def _ptx_batches(demonstrations, tokenizer, size: int, seed: int, start: int = 0):
     """Mini-batches of the ptx demonstrations forever, each pass in its own seeded order, from batch number `start` on
     (where a resumed run left off)."""
@@ -391,25 +448,15 @@ def _ptx_batches(demonstrations, tokenizer, size: int, seed: int, start: int = 0
         yield collate([rows[int(j)] for j in order])
         b += 1
 
-def save_ppo_checkpoint(acc, out_dir: Path, models: dict, optimizers: dict, keep: int, state: dict) -> Path:
-    """out_dir/checkpoints/iteration-N: every process's models, optimisers and generators (`save_training_state`), and
-    `complete.json` once all are written."""
-    ckpts = out_dir / "checkpoints"
-    final = ckpts / f"iteration-{state['iteration']:05d}"
-    save_training_state(final / f"process-{acc.process_index}", models, optimizers, state)   # each process its generators
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        write_json(final / "complete.json", {"iteration": state["iteration"], "num_processes": acc.num_processes})
-        done = sorted(p for p in ckpts.glob("iteration-*") if (p / "complete.json").exists())
-        for old in done[:-keep] if keep > 0 else []: shutil.rmtree(old)
-    acc.wait_for_everyone()
-    return final
-
-def latest_ppo_checkpoint(out_dir: Path | None) -> Path | None:
-    """The newest complete PPO checkpoint under out_dir/checkpoints, if any."""
-    if out_dir is None: return None
-    done = sorted(p for p in (Path(out_dir) / "checkpoints").glob("iteration-*") if (p / "complete.json").exists())
-    return done[-1] if done else None
+def save_ppo_checkpoint(acc: Accelerator, out_dir: Path, iteration: int, history: list, evals: list,
+                        moments: RunningMoments, rng: np.random.Generator, ptx_used: int, keep: int) -> Path:
+    """out_dir/checkpoints/step-N, as the training loop writes them (`save_checkpoint`, 03_training): accelerate's state
+    (both models and optimisers, every process's global generators) and trainer_state.json with the running reward
+    moments, the ptx position, and each process's prompt generator, history and evaluations."""
+    mine = {"rng": rng.bit_generator.state, "history": history, "evals": evals}
+    every = gather_object([mine]) if acc.num_processes > 1 else [mine]
+    return save_checkpoint(acc, out_dir, {"step": iteration, "moments": moments.state_dict(), "ptx_used": ptx_used,
+                                          "processes": every}, keep)
 
 def _append(out_dir, name, row, acc):
     """Append one JSON line to out_dir/name on the main process."""

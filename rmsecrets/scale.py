@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from dataclasses import dataclass
 
+from .core import table
+
 # %% ../nbs/11_scale.ipynb #b56f1706
 @dataclass(frozen=True)
 class ModelShape:
@@ -194,6 +196,7 @@ def _trainable(shape: ModelShape, head: str, r: int) -> tuple[int, int]:
     head_params = shape.hidden if head == "reward" else 0
     return shape.lora_params(r) + head_params, psi - head_params
 
+# %% ../nbs/11_scale.ipynb #d4584802
 def stage_cost(stage: str,  # "train-rm", "strength", "sft", "ppo" or "metarm"
                shape: ModelShape, setup: Setup, work: Workload = Workload(),
                ref_from_adapter: bool = False,  # PPO with LoRA: the reference is the policy with its adapter off
@@ -241,11 +244,10 @@ def stage_cost(stage: str,  # "train-rm", "strength", "sft", "ppo" or "metarm"
 
 def cost_table(rows: list[dict]) -> str:
     """`stage_cost` rows as a Markdown table."""
-    head = "| stage | setup | state GB | frozen/θ′ GB | activations GB | total GB/GPU | fits | s/step | steps | hours |"
-    fmt = lambda r: (f"| {r['stage']} | {r['setup']} | {r['state_gb']:.1f} | {r['frozen_gb']:.1f} | {r['activations_gb']:.1f} "
-                     f"| {r['total_gb']:.1f} | {'yes' if r['fits'] else '**no**'} | {r['seconds_per_step']:.2f} "
-                     f"| {r['steps']} | {r['hours']:.1f} |")
-    return "\n".join([head, "|" + "---|" * 10] + [fmt(r) for r in rows])
+    head = ["stage", "setup", "state GB", "frozen/θ′ GB", "activations GB", "total GB/GPU", "fits", "s/step", "steps", "hours"]
+    return table([[r["stage"], r["setup"], f"{r['state_gb']:.1f}", f"{r['frozen_gb']:.1f}", f"{r['activations_gb']:.1f}",
+                   f"{r['total_gb']:.1f}", "yes" if r["fits"] else "**no**", f"{r['seconds_per_step']:.2f}", r["steps"],
+                   f"{r['hours']:.1f}"] for r in rows], header=head)
 
 # %% ../nbs/11_scale.ipynb #20fb8278
 def add_scale_args(parser: argparse.ArgumentParser) -> None:

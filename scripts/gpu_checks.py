@@ -40,7 +40,7 @@ def main():
     sh([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-e", "."], out / "pip-self.log")
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     import torch
-    from rmsecrets.hh import SMOLLM2, resolve_model
+    from rmsecrets.model import SMOLLM2, resolve_model
     from rmsecrets.scale import GPUS
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
 
@@ -58,7 +58,7 @@ def main():
                            "t4_minutes_estimate": (seconds * GPUS[name]["tflops"] / GPUS["T4"]["tflops"] / 60) if name else None}
 
     # 2. sharded saves: FSDP and ZeRO-3 against the unsharded run, one process each
-    from rmsecrets.hh import hh_sample
+    from rmsecrets.data import hh_sample
     folder, data = resolve_model(SMOLLM2, "packaged"), str(hh_sample())
     common = ["-m", "rmsecrets.cli", "train-rm", "--data", data, "--split", "", "--errors", "skip", "--backbone", folder,
               "--max-steps", "20", "--batch-size", "4", "--max-length", "256", "--mixed-precision", "bf16", "--eval-split", "",

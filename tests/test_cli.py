@@ -97,7 +97,7 @@ def test_loss_flags_are_generated_from_the_dataclasses():
 
 def test_one_seed_gives_no_verdict():
     """A spread of zero from one seed judges nothing: the report must not call a one-seed difference 'beyond' it."""
-    from rmsecrets.demo import versus_text
+    from rmsecrets.report import versus_text
     one = lambda x: {"seeds": 1, "gold": x, "gold_std": 0.0}
     assert versus_text(one(1.0), one(0.5), "gold") == "+0.500 (one seed, so no spread to judge by)"
     two = lambda x: {"seeds": 2, "gold": x, "gold_std": 0.1}
@@ -105,21 +105,21 @@ def test_one_seed_gives_no_verdict():
 
 
 def test_the_no_kl_sentence_follows_the_numbers():
-    from rmsecrets.demo import over_optimisation
+    from rmsecrets.report import over_optimisation
     run = lambda proxy, gold: {"proxy_start": 1.0, "proxy": proxy, "gold_start": 1.5, "gold": gold}
     assert over_optimisation(run(2.0, 0.5)).endswith("exploits what the reward model cannot see.")
     assert over_optimisation(run(2.0, 1.8)).endswith("no over-optimisation showed in this run.")
 
 
 def test_rows_without_a_seed_count_take_it_from_the_caller():
-    from rmsecrets.demo import versus_text
+    from rmsecrets.report import versus_text
     row = lambda x: {"gold": x, "gold_std": 0.0}                   # summarise_rounds' rows carry no "seeds"
     assert versus_text(row(1.0), row(0.5), "gold", seeds=1) == "+0.500 (one seed, so no spread to judge by)"
 
 
 def test_where_metarm_stands_follows_the_numbers():
     """The demo's verdict places MetaRM between no update and fresh labels only when fresh labels gain beyond the spread."""
-    from rmsecrets.demo import between_text
+    from rmsecrets.report import between_text
     row = lambda g: {"gold": g, "gold_std": 0.05, "seeds": 2}
     share = lambda s: [{"round": 1, "share": s, "lo": s - 0.1, "hi": s + 0.1}]
     gain = {"fresh labels": row(2.0), "no update": row(1.0)}

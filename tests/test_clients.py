@@ -14,7 +14,7 @@ from conftest import run_process
 from rmsecrets.data import join_text, load_preferences, render_messages, tokenize_pairs, transcript_to_messages
 from rmsecrets.model import load_reward_model, make_reward_model, score
 from rmsecrets.train import TrainConfig, train_reward_model
-from rmsecrets.voters import minilm_folder
+from rmsecrets.model import minilm_folder
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
 

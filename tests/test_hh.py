@@ -15,12 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from rmsecrets import cli
-from rmsecrets.hh import (HH_SCALES, HH_STAGES, SMOLLM2, SMOLLM2_135M, GGUF_FILE, pair_scores, pick_scale, resolve_model,
-                          run_hh_track, smollm2_package, split_halves, track_estimate)
-from rmsecrets.model import load_reward_model
+from rmsecrets.hh import HH_SCALES, HH_STAGES, SMOLLM2_135M, pick_scale, run_hh_track, split_halves, track_estimate
+from rmsecrets.model import GGUF_FILE, SMOLLM2, load_reward_model, resolve_model, smollm2_package
 from rmsecrets.scale import ModelShape, Setup, state_bytes
-from rmsecrets.train import TrainConfig, make_accelerator, resolve_precision
-from rmsecrets.voters import minilm_folder
+from rmsecrets.train import TrainConfig, make_accelerator, pair_scores, resolve_precision
+from rmsecrets.model import minilm_folder
 
 
 LAYERS = 2   # of the truncated copies
@@ -45,7 +44,7 @@ def smollm2_folder(tmp_path_factory):
 def test_packaged_models_resolve_offline(monkeypatch):
     "Offline, the hub names resolve to the packaged copies; a folder is taken as it is; the hub online."
     need_packages()
-    from rmsecrets.hh import MINILM
+    from rmsecrets.model import MINILM
     assert resolve_model(MINILM, "packaged") == str(minilm_folder())
     assert resolve_model(str(minilm_folder()), "packaged") == str(minilm_folder())
     assert resolve_model(MINILM, "hub") == MINILM
@@ -209,7 +208,7 @@ def halves(out):
     "Halves A and B of the track's pairs, tokenised, as `run_hh_track` makes them (seed 0, the quick scale)."
     import warnings
     from rmsecrets.data import load_preferences, tokenize_pairs
-    from rmsecrets.hh import hh_sample
+    from rmsecrets.data import hh_sample
     s, tok = HH_SCALES["quick"], load_reward_model(out / "rm")[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -278,3 +278,15 @@ def test_reward_forward_refuses_non_classifier(tok):
     enc = encode(tok, ["the cat"])
     with pytest.raises(TypeError, match="no `score` or `classifier` head"):
         reward_forward(lm, enc["input_ids"], enc["attention_mask"])
+
+
+def test_the_attention_kernel_is_read_in_one_place(tmp_path):
+    """transformers keeps a loaded model's attention kernel in the private `config._attn_implementation`; only
+    `attn_implementation` reads it. If transformers renames it, this fails before anything that relies on it."""
+    from rmsecrets.model import attn_implementation, save_reward_model
+    from rmsecrets.world import make_tokenizer
+    tok = make_tokenizer()
+    save_reward_model(make_reward_model("tiny", tok, seed=0), tok, tmp_path / "rm")
+    for kernel in ("eager", "sdpa"):
+        model = load_reward_model(tmp_path / "rm", attn_implementation=kernel)[0]
+        assert attn_implementation(model) == kernel

@@ -200,7 +200,8 @@ def test_a_killed_ppo_run_resumes_on_the_same_numbers(tiny_setup, tmp_path, monk
     import copy
     import rmsecrets.ppo as ppo_module
     from rmsecrets.policy import tokenize_demonstrations
-    from rmsecrets.ppo import PPOConfig, latest_ppo_checkpoint, ppo
+    from rmsecrets.ppo import PPOConfig, ppo
+    from rmsecrets.train import latest_checkpoint
     from rmsecrets.world import WorldConfig, make_demonstrations
     sft, rm, tok, prompts = tiny_setup
     demos = tokenize_demonstrations(make_demonstrations(WorldConfig(n_demonstrations=20)), tok, 64)
@@ -216,7 +217,7 @@ def test_a_killed_ppo_run_resumes_on_the_same_numbers(tiny_setup, tmp_path, monk
     with pytest.raises(Killed):
         ppo(copy.deepcopy(sft), rm, tok, prompts, config, demonstrations=demos, out_dir=tmp_path / "killed")
     monkeypatch.setattr(ppo_module, "sample", real)
-    assert latest_ppo_checkpoint(tmp_path / "killed").name == "iteration-00002"
+    assert latest_checkpoint(tmp_path / "killed").name == "step-0000002"
     resumed = ppo(copy.deepcopy(sft), rm, tok, prompts, config, demonstrations=demos, out_dir=tmp_path / "killed")
     assert _timeless(resumed.history) == _timeless(full.history) and resumed.evals == full.evals
     a, b = full.policy.state_dict(), resumed.policy.state_dict()

@@ -552,3 +552,18 @@ def test_trl_reward_trainer_trains_an_rmsecrets_folder(tok, tmp_path):
     prompts, responses = list(pairs["prompt"][:4]), list(pairs["chosen"][:4])
     torch.testing.assert_close(score(loaded, loaded_tok, prompts, responses),
                                score(trainer.model, tok, prompts, responses), atol=1e-5, rtol=0)
+
+
+def test_a_finished_run_is_not_trained_again(tok, world, tmp_path):
+    """train_reward_model on a folder whose run finished (its metrics.json is written last) returns that run's model,
+    history and metrics at once: no step is trained again, and the model scores as the trained one did."""
+    config = cfg(max_steps=6, eval_every=3)
+    first = train(tok, world["train"], config, eval_ds=world["validation"], out_dir=tmp_path)
+    log = (tmp_path / "metrics.jsonl").read_text()
+    again = train(tok, world["train"], config, seed=1, eval_ds=world["validation"], out_dir=tmp_path)   # another init: unused
+    assert again.metrics == first.metrics and again.history == first.history
+    assert (tmp_path / "metrics.jsonl").read_text() == log                    # nothing was logged: nothing was trained
+    assert same_weights(weights(again.model), weights(first.model))
+    from rmsecrets.train import score_pairs
+    a, b = (score_pairs(m, world["validation"], tok.pad_token_id) for m in (first.model, again.model))
+    assert np.array_equal(a["r_chosen"], b["r_chosen"]) and np.array_equal(a["r_rejected"], b["r_rejected"])

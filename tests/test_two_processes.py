@@ -114,7 +114,8 @@ def test_strength_under_two_processes_writes_once(launched):
     assert logs[0].count('"voter"') == 1 and logs[1].count('"voter"') == 0     # the main process reports and writes
     assert sorted(p.name for p in st.iterdir()) == [".rmsecrets.lock", "annotated", "annotated.jsonl", "run.json",
                                                     "strength.json", "strength.png", "voters"]
-    assert sorted(p.name for p in (st / "voters").iterdir()) == ["fold-0-voter-0.safetensors", "fold-0-voter-1.safetensors"]
+    assert sorted(p.name for p in (st / "voters").iterdir()) == [f"fold-0-voter-{m}.{ext}" for m in (0, 1)
+                                                                 for ext in ("json", "safetensors")]
     rows = (st / "annotated.jsonl").read_text().splitlines()
     assert len(rows) == 240 and "strength_mean" in json.loads(rows[0])
 

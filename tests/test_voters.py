@@ -10,9 +10,9 @@ from rmsecrets import voters
 from rmsecrets.data import load_preferences, tokenize_pairs
 from rmsecrets.strength import StrengthConfig, Votes, annotate, fold_plan
 from rmsecrets.train import TrainConfig
+from rmsecrets.model import load_encoder, minilm_folder
 from rmsecrets.voters import (VOTERS, add_heads, bootstrap_weights, compare_voters, compare_votes, cheapest_within,
-                              feature_votes, frozen_features, load_encoder, minilm_folder, pair_features,
-                              shared_trunk, snapshots, train_shared_trunk)
+                              feature_votes, frozen_features, pair_features, shared_trunk, snapshots, train_shared_trunk)
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 
 CFG = StrengthConfig(n_voters=3, train=TrainConfig(epochs=1, batch_size=16, lr=3e-3, max_length=64, progress=False))

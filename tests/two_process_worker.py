@@ -54,8 +54,9 @@ def runs(made: Path, out: Path) -> list[tuple[str, list]]:
 
 
 def main(made: Path, out: Path) -> None:
-    from rmsecrets.cli import _state, run
-    rank = _state().process_index
+    from rmsecrets.cli import run
+    from rmsecrets.core import process_state
+    rank = process_state().process_index
     out.mkdir(parents=True, exist_ok=True)
     for name, argv in runs(made, out):
         with open(out / f"{name}.rank{rank}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
