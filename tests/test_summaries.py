@@ -47,7 +47,7 @@ def test_summarise_ppo_by_hand():
 
 def test_summarise_rounds_by_hand():
     def run(name, start, golds, ranks):
-        return {"name": name, "rounds": [{"gold_start": start, "gold": g, "kl": 0.1 * i,
+        return {"name": name, "rounds": [{"gold_start": start, "gold": g, "kl": 0.1 * i, "before": {},
                                           "after": {"ranking_vs_gold": r, "normalised_spread": 0.2}}
                                          for i, (g, r) in enumerate(zip(golds, ranks), 1)]}
     runs = [run("MetaRM", 1.0, (2.0, 1.5), (0.7, 0.5)), run("MetaRM", 1.4, (2.4, 1.1), (0.9, 0.4))]
