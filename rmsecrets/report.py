@@ -303,12 +303,14 @@ def data_section(d: dict, c):
                      "fits": r["fits"], "minutes": round(60 * r["hours"], 1)} for k, rows in d["estimate"].items() for r in rows]))
 
 def reward_models_section(r: dict, c):
+    """Stage 2's: the proxy, the judge and MiniLM on the half they did not train on, beside published accuracies."""
     yield ("## 2. Reward models on held-out human pairs\n\n" + table(r["rows"])
            + "\n\nPublished on the same split (hh-rlhf harmless-base test): "
            + "; ".join(f"{p['model']}: {p['accuracy']}" for p in PUBLISHED)
            + f". The judge agrees with {r['judge_train_agreement']:.3f} of its own training labels.")
 
 def hh_strength_section(st: dict, c):
+    """Stage 3's: the share of pairs below zero, the mean spread, and the judge's agreement by thirds of μ̂."""
     yield (f"## 3. Preference strength\n\n{st['voters']} heads on one LoRA trunk (04b's shared trunk), out of fold "
            f"over two folds, in {st['seconds']:.0f} s. {st['share_negative']:.1%} of the pairs have μ̂ < 0 (the paper: "
            f"about 25%); mean σ̂ {st['mean_std']:.3f}. The judge, trained on the other half, agrees with the label in "
@@ -316,6 +318,7 @@ def hh_strength_section(st: dict, c):
            + " of the pairs by μ̂ (the paper, GPT-4 on 500 pairs each: 0.164 weakest, 0.544 near zero, 0.956 strongest).")
 
 def hh_tricks_section(r: dict, c):
+    """Stage 4's: each method's accuracy on half B over seeds, against the baseline."""
     base = r["summary"][0]
     rows = [{"method": x["method"], "seeds": x["seeds"], "accuracy": fmt_ms(x, "accuracy"),
              "vs baseline": "—" if x is base else versus_text(x, base, "accuracy")} for x in r["summary"]]
@@ -325,6 +328,7 @@ def hh_tricks_section(r: dict, c):
 
 # %% ../nbs/12b_report.ipynb #8f49b267
 def sft_section(sf: dict, c):
+    """Stage 5's: the SFT run and the judge's win rate of the SFT policy over the pretrained model."""
     s, w = c.scale, sf["win_vs_pretrained"]
     yield (f"## 5. SFT on the chosen responses\n\nSFT with LoRA (rank {s.lora_r}, merged afterwards) on the {sf['demonstrations']} "
            f"chosen responses of half A of at most {s.max_length // 2} tokens, {s.sft_epochs:g} epoch(s); final loss "
@@ -334,6 +338,7 @@ def sft_section(sf: dict, c):
            f"{w['judge_reference']:.3f}, responses of {w['length']:.1f} tokens against {w['length_reference']:.1f}.")
 
 def ppo_section(pol: dict, c):
+    """Stage 6's: judge, proxy, KL, length and spread from the SFT policy to the end of PPO; the win rate."""
     s, first, last, w = c.scale, pol["first"], pol["last"], pol["win"]
     row = lambda name, e: {"": name, "judge": e["gold"], "proxy": e["proxy"], "KL": e["kl"], "length": e["length"],
                            "|Δr| spread": e["spread"]}
@@ -345,6 +350,7 @@ def ppo_section(pol: dict, c):
            f"(one sample per prompt, ties half; {w['ties']:.0%} of the prompts got the same answer from both).")
 
 def metarm_round_section(it: dict, c):
+    """Stage 7's: the second round with MetaRM (or no update) beside round 1; the round-1 curves."""
     s, pol = c.scale, c.results["ppo"]
     rows = [{"round 2": v, "ranking vs judge (before → after)":
              f"{x['row']['before']['ranking_vs_gold']:.3f} → {x['row']['after']['ranking_vs_gold']:.3f}",
