@@ -5,7 +5,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # benchmarks never download
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rmsecrets.core import table as markdown_table   # noqa: E402  (after the offline settings)
+from rmsecrets.experiments import table as markdown_table   # noqa: E402  (after the offline settings)
 from rmsecrets.data import hh_sample                  # noqa: E402
 
 HH = hh_sample() or Path("shared/data/hh-rlhf/harmless-base-test.jsonl.gz")   # the sample, or where it would be

@@ -4,7 +4,7 @@
 
 The job is the strength vote (`rmsecrets.strength.vote`, M tiny voters, in-sample, `WORLD_TRAIN`), run three ways,
 interleaved over the repeats: sequentially with the process's threads (`workers=1`, the notebooks' reference),
-sequentially with one thread (the numbers `workers=2` must reproduce), and with `workers=2` (`core.parallel_map`).
+sequentially with one thread (the numbers `workers=2` must reproduce), and with `workers=2` (`experiments.parallel_map`).
 Seconds are medians over the repeats, printed with their ratio to the sequential two-thread run; the votes are
 compared exactly (the one-thread and two-worker votes must be identical; the two-thread vote differs in the last
 bits, which training amplifies). Nothing is asserted.

@@ -26,7 +26,7 @@ Rows:
 - TRL, defaults (bf16) (`--trl-bf16`): the defaults as they are (bf16 autocast). This CPU has no bf16 matrix units, so
   this row is very slow; it runs only on the world setting.
 
-The allocator (`rmsecrets.core.tune_allocator`): rmsecrets' training loop keeps large blocks in glibc's heap (mmap
+The allocator (`rmsecrets.train.tune_allocator`): rmsecrets' training loop keeps large blocks in glibc's heap (mmap
 and trim thresholds 1 GiB); TRL leaves glibc's own settings. The setting is process-wide, so each row sets it before
 its warm-up: "rmsecrets" runs as it ships (tuned), "rmsecrets, glibc allocator" with `RMSECRETS_MALLOC=default`;
 "TRL, matched" as TRL ships (glibc's settings) and "TRL, matched, tuned allocator" with rmsecrets' setting, so the
@@ -55,10 +55,9 @@ from accelerate.state import AcceleratorState
 from datasets import Dataset
 from torch.utils.data import SequentialSampler
 
-from rmsecrets.core import tune_allocator
 from rmsecrets.data import PairCollator, load_preferences, tokenize_pairs
 from rmsecrets.model import make_reward_model
-from rmsecrets.train import EpochSampler, TrainConfig, pair_forward, pair_lengths, train_reward_model
+from rmsecrets.train import EpochSampler, TrainConfig, pair_forward, pair_lengths, train_reward_model, tune_allocator
 from rmsecrets.model import minilm_folder
 from rmsecrets.world import WorldConfig, make_tokenizer, make_world
 

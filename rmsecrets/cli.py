@@ -20,9 +20,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from .core import FolderError, atomic_file, atomic_folder, claim_folder, process_state, release_folder, write_json
+from .core import atomic_file, atomic_folder, process_state, write_json
 from .data import DataFileError, PreferenceDataError, load_pairs, load_table, tokenize_pairs
 from .scale import add_scale_args, apply_scale_args, scale_dtype
+from .stages import FolderError, claim_folder, release_folder
 from .world import WorldConfig, load_world, save_world
 
 # %% ../nbs/14_cli.ipynb #46c65579

@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['INSTANCE_KINDS', 'METHODS', 'CONTRASTIVE', 'SHIFTED_WORLD', 'add_dropout', 'instances', 'simcse_loss', 'sinkhorn',
            'swav_loss', 'Contrastive', 'response_features', 'probe_accuracy', 'plot_features', 'compare_contrastive',
-           'summarise']
+           'summarise', 'hh_label_tricks_stage']
 
 # %% ../nbs/06_contrastive.ipynb #8afa0453
+import copy
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
 
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
-from .core import mean_std, run_grid
+from .core import child_seed
+from .experiments import mean_std, run_grid
+from .losses import LABEL_TRICKS
 from .model import add_prototypes, make_reward_model, unwrap
 from .train import WORLD_TRAIN, PairOutput, RewardLoss, as_reward_loss, bradley_terry, evaluate, pair_forward, train_reward_model
 
@@ -260,7 +263,7 @@ def compare_contrastive(train: Dataset,  # tokenised training pairs (with streng
                         backbone: str = "tiny",
                         keep_models: bool = False,  # keep each variant's first-seed model in its row
                         trained: dict | None = None,  # (name, seed) -> (model, accuracy_true on `valid`): runs done elsewhere
-                        workers: int = 1,  # processes the runs are shared among (`core.parallel_map`)
+                        workers: int = 1,  # processes the runs are shared among (`experiments.parallel_map`)
                         ) -> list[dict]:
     """Train every variant with every seed; accuracy in and out of distribution and the probe's separation."""
     config = config or WORLD_TRAIN
@@ -282,3 +285,22 @@ def compare_contrastive(train: Dataset,  # tokenised training pairs (with streng
 def summarise(rows: list[dict], keys: tuple = ("accuracy_true", "accuracy_shift", "probe")) -> list[dict]:
     """Mean and seed-to-seed std of each method's metrics, with the difference to the first method's mean."""
     return mean_std(rows, keys, vs_first=True)
+
+# %% ../nbs/06_contrastive.ipynb #a9102329
+def hh_label_tricks_stage(c) -> dict:
+    """The real-model track's label tricks (`13b_real_models`, stage 4): each trick of the scale and one contrastive loss
+    against the baseline, on the same LoRA reward model, with seeds. `c` is the track's context (`hh.HHRun`)."""
+    s, proxy = c.scale, c.results["reward models"]["proxy_metrics"]
+    st = c.results["strength"]["strength_mean"]
+    annotated = c.A_tok.add_column("strength_mean", st).add_column("margin", st)
+    variants = {"baseline": LABEL_TRICKS["bt"], **{t: LABEL_TRICKS[t] for t in s.tricks}, s.contrastive: CONTRASTIVE[s.contrastive]}
+    runs = []
+    for i in range(s.seeds):
+        sd = child_seed(c.seed, "seed", i)
+        for name, loss in variants.items():
+            if name == "baseline" and i == 0:                # the proxy reward model: same seed, data and loss
+                runs.append({"method": name, "seed": i, "accuracy": proxy["accuracy"], "ece": proxy["ece"]})
+                continue
+            r = train_reward_model(c.lora_reward_model(sd), c.tok, annotated, c.B_tok, c.rm_config(sd), loss_fn=copy.deepcopy(loss))
+            runs.append({"method": name, "seed": i, "accuracy": r.metrics["accuracy"], "ece": r.metrics["ece"]})
+    return {"runs": runs, "summary": mean_std(runs, ("accuracy", "ece"))}

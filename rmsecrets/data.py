@@ -94,6 +94,7 @@ def need_str(row: dict, key: str) -> str:
     if not isinstance(v, str): raise PreferenceDataError(None, key, "wrong type", f"expected a string, got {type(v).__name__}")
     return v
 
+# %% ../nbs/01_data.ipynb #0f5dac96
 def check_same_prompt(prompt_chosen, prompt_rejected):
     "Raise a `PreferenceDataError` on field 'prompt' unless chosen and rejected share their prompt."
     if prompt_chosen == prompt_rejected: return
@@ -138,6 +139,7 @@ def render_messages(
         out.append(f"\n\n{ROLE_TAGS[role]}: {content}")
     return "".join(out)
 
+# %% ../nbs/01_data.ipynb #7ef4cef3
 def render_pair_side(
     prompt: list,  # prompt messages
     response: list,  # response messages, starting with the assistant's
@@ -177,6 +179,7 @@ def pair_from_conversations(chosen: list, rejected: list, chat_template=None) ->
     _, rejected_text = render_pair_side(rejected[:-1], rejected[-1:], "rejected", chat_template)
     return {"prompt": prompt, "chosen": chosen_text, "rejected": rejected_text}
 
+# %% ../nbs/01_data.ipynb #fa9c9f41
 def pair_from_messages(
     row: dict,  # {'prompt': [messages], 'chosen': [messages], 'rejected': [messages]}, 'prompt' optional
     chat_template=None,  # a tokenizer: render with its chat template instead of hh-style text
@@ -317,6 +320,7 @@ def read_hub(name: str, split: str | None = None, **kwargs) -> Dataset:
     try: return load_dataset(name, split=split or "train", **kwargs)
     except Exception as e: raise OSError(f"could not load {name!r} from the Hugging Face hub: {e}") from e
 
+# %% ../nbs/01_data.ipynb #782fb2a9
 def read_rows(
     source,  # path of a file or folder, hub name, Dataset, DatasetDict, or list of dicts
     split: str | None = None,  # split of a DatasetDict or hub data set; for a folder, files named or foldered by it
@@ -404,6 +408,7 @@ def load_pairs(data: str | os.PathLike,  # a world folder, or anything `load_pre
         return load_preferences(path / "preferences", split=split, errors=errors), path / "tokenizer"
     return load_preferences(str(data), split=split, errors=errors), None
 
+# %% ../nbs/01_data.ipynb #15c3e90b
 def load_table(data: str | os.PathLike,  # a world folder, a dataset folder, or a .jsonl/.json/.parquet/.csv file
                part: str,  # the world's table: "demonstrations" or "prompts"
                columns: tuple,  # the columns a file must have
@@ -438,6 +443,7 @@ def join_text(prompt: str, response: str) -> str:
     sep = "" if not prompt or not response or prompt[-1].isspace() or response[0].isspace() else " "
     return prompt + sep + response
 
+# %% ../nbs/01_data.ipynb #a96e3b37
 def split_ids(
     prompts: list,  # prompt strings
     responses: list,  # response strings, one per prompt
@@ -459,6 +465,7 @@ def split_ids(
         out.append((ids[:a], ids[a:cut], ids[cut:b], ids[b:]))
     return out
 
+# %% ../nbs/01_data.ipynb #2141a8b1
 def fit_ids(
     lead: list, prompt: list, response: list, trail: list,  # the parts from `split_ids`
     max_length: int,  # most ids in the result

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .contrastive import SHIFTED_WORLD, compare_contrastive, response_features, summarise
-from .core import default_workers, write_json
+from .core import write_json
 from .data import tokenize_pairs
+from .experiments import default_workers
 from .iterative import IterativeConfig, compare_iterative, final_differences, recovered_share, summarise_rounds
 from .losses import LABEL_TRICKS, compare_tricks, summarise_tricks
 from .model import load_reward_model, make_reward_model, save_reward_model

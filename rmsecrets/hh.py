@@ -4,32 +4,26 @@
 
 # %% auto #0
 __all__ = ['SMOLLM2_135M', 'HH_SCALES', 'TRACK', 'HH_STAGES', 'HHScale', 'pick_scale', 'track_setup', 'track_estimate',
-           'split_halves', 'prompt_lengths', 'rm_config', 'lora_reward_model', 'cheap_vote', 'HHRun', 'data_stage',
-           'reward_models_stage', 'strength_stage', 'label_tricks_stage', 'sft_stage', 'ppo_stage',
-           'metarm_round_stage', 'hh_metrics', 'run_hh_track', 'real_model_stage']
+           'split_halves', 'HHRun', 'data_stage', 'hh_metrics', 'run_hh_track', 'real_model_stage']
 
 # %% ../nbs/13b_real_models.ipynb #e738638b
-import copy
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .core import child_seed, write_json
+from .contrastive import hh_label_tricks_stage
+from .core import write_json
 from .data import HH_RLHF, hh_sample, load_preferences, tokenize_pairs
-from .iterative import IterativeConfig, iterate
-from .losses import LABEL_TRICKS
-from .contrastive import CONTRASTIVE
-from .model import (MINILM, SMOLLM2, add_lora, ensure_pad_token, load_reward_model, make_reward_model, merge_lora,
-                             offline, resolve_model, save_reward_model)
-from .policy import SFTConfig, judge_fn, load_policy, make_policy, train_sft, win_rate
-from .ppo import PPOConfig, ppo
+from .iterative import hh_metarm_round_stage
+from .model import MINILM, SMOLLM2, add_lora, ensure_pad_token, load_reward_model, make_reward_model, offline, resolve_model
+from .policy import hh_sft_stage, judge_fn, load_policy
+from .ppo import PPOConfig, hh_ppo_stage
 from .report import HH_SECTIONS, hh_report, quiet_progress, section_text
 from .scale import ModelShape, Setup, Workload, stage_cost
 from .stages import Run, Stage
-from .strength import StrengthConfig, strength_stats, vote_by_fold
-from .train import TrainConfig, pair_scores, resolve_precision, reward_statistics, train_reward_model
-from .voters import add_heads, bootstrap_weights, score_heads, train_shared_trunk
+from .train import TrainConfig, hh_reward_models_stage, pair_scores, resolve_precision
+from .voters import add_heads, hh_strength_stage
 
 # %% ../nbs/13b_real_models.ipynb #0210c620
 SMOLLM2_135M = ModelShape(vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536)   # SmolLM2's sizes
@@ -126,34 +120,6 @@ def split_halves(n: int, seed: int = 0, use: int = 0) -> tuple[np.ndarray, np.nd
     if use: perm = perm[:use]
     return np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
 
-def prompt_lengths(tokenizer, prompts: list) -> np.ndarray:
-    """Tokens of each prompt as the policy sees it."""
-    return np.array([len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]])
-
-# %% ../nbs/13b_real_models.ipynb #2fdd6693
-def rm_config(s: HHScale, seed: int, quiet: bool, **over) -> TrainConfig:
-    """The training loop's settings for every reward model of the track (`--dtype auto`'s mixed precision)."""
-    return TrainConfig(**{**dict(lr=s.rm_lr, batch_size=s.batch_size, grad_accum=s.grad_accum, epochs=s.rm_epochs,
-                                 max_length=s.max_length, mixed_precision="auto", log_every=5, eval_batch_size=2 * s.batch_size,
-                                 warmup_ratio=0.1, seed=seed, progress=not quiet), **over})
-
-def lora_reward_model(folder: str, tokenizer, s: HHScale, seed: int, heads: int = 0):
-    """A SmolLM2 reward model with a fresh head (M heads for a vote) and LoRA adapters of rank `s.lora_r` (0: none)."""
-    model = make_reward_model(folder, tokenizer, seed=seed, gradient_checkpointing=s.gradient_checkpointing)
-    if heads: add_heads(model, heads, seed)
-    return add_lora(model, r=s.lora_r, alpha=2 * s.lora_r, dropout=0.05, seed=seed) if s.lora_r else model
-
-def cheap_vote(pairs, folder: str, tokenizer, s: HHScale, seed: int):
-    """Preference strength by M heads on one LoRA trunk (04b's shared trunk), out of fold over two folds."""
-    config = StrengthConfig(n_voters=s.voters, mode="out_of_fold", folds=2, seed=seed)
-    def fit_and_score(train_idx, score_idx, f):
-        sd = child_seed(seed, "fold", f)
-        model = lora_reward_model(folder, tokenizer, s, sd, heads=s.voters)
-        w = bootstrap_weights(s.voters, len(train_idx), sd)
-        model = train_shared_trunk(model, tokenizer, pairs.select(train_idx), w, rm_config(s, sd, True))
-        return score_heads(model, pairs.select(score_idx), tokenizer.pad_token_id, 2 * s.batch_size)
-    return vote_by_fold(len(pairs), config, fit_and_score)
-
 # %% ../nbs/13b_real_models.ipynb #62aff934
 @dataclass
 class HHRun:
@@ -175,6 +141,22 @@ class HHRun:
     def policy(self, path: str): return load_policy(self.out / path)[0]                # "sft/model", "ppo/policy"
     def gold(self, judge=None): return judge_fn(judge or self.reward_model("judge"), self.tok, self.scale.max_length)
     def pair_scores(self, model, pairs) -> np.ndarray: return pair_scores(model, pairs, self.tok.pad_token_id, 2 * self.scale.batch_size)
+    def token_counts(self, texts: list) -> np.ndarray:   # tokens of each text as the policy sees it
+        return np.array([len(ids) for ids in self.tok(texts, add_special_tokens=True)["input_ids"]])
+
+    def rm_config(self, seed: int, quiet: bool = True, **over) -> TrainConfig:
+        """The training loop's settings for every reward model of the track (`--dtype auto`'s mixed precision)."""
+        s = self.scale
+        return TrainConfig(**{**dict(lr=s.rm_lr, batch_size=s.batch_size, grad_accum=s.grad_accum, epochs=s.rm_epochs,
+                                     max_length=s.max_length, mixed_precision="auto", log_every=5, eval_batch_size=2 * s.batch_size,
+                                     warmup_ratio=0.1, seed=seed, progress=not quiet), **over})
+
+    def lora_reward_model(self, seed: int, heads: int = 0):
+        """A SmolLM2 reward model with a fresh head (M heads for a vote) and LoRA adapters of rank `lora_r` (0: none)."""
+        s = self.scale
+        model = make_reward_model(self.folder, self.tok, seed=seed, gradient_checkpointing=s.gradient_checkpointing)
+        if heads: add_heads(model, heads, seed)
+        return add_lora(model, r=s.lora_r, alpha=2 * s.lora_r, dropout=0.05, seed=seed) if s.lora_r else model
 
     def ppo_config(self) -> PPOConfig:
         """PPO-max with LoRA at the scale's sizes, rewards normalised by the proxy's statistics on half A."""
@@ -224,117 +206,17 @@ def data_stage(c: HHRun) -> dict:
         print(f"{k}: memory ≤ {max(r['total_gb'] for r in rows):.2f} GB per GPU, about "
               f"{sum(60 * r['hours'] for r in rows):.1f} min of model time")
     c.prompts_all = list(dict.fromkeys(c.A["prompt"]))
-    c.prompts = [p for p, n in zip(c.prompts_all, prompt_lengths(c.tok, c.prompts_all)) if n <= s.prompt_tokens]
+    c.prompts = [p for p, n in zip(c.prompts_all, c.token_counts(c.prompts_all)) if n <= s.prompt_tokens]
     c.held = [p for p in dict.fromkeys(c.B["prompt"]) if len(c.tok(p)["input_ids"]) <= s.prompt_tokens][:s.eval_prompts]
     return {"source": c.data, "pairs": len(raw), "total": skipped.total, "skipped": skipped.counts,
             "skipped_plain": skipped_plain.counts if skipped_plain else None, "used": int(len(c.a_idx) + len(c.b_idx)),
             "A": len(c.A_tok), "B": len(c.B_tok), "A_long": len(ra), "B_long": len(rb), "folder": str(c.folder),
             "params": shape.params("reward"), "estimate": estimate}
 
-# %% ../nbs/13b_real_models.ipynb #67844f83
-def reward_models_stage(c: HHRun) -> dict:
-    """Stage 2: the proxy (SmolLM2 with LoRA) on half A, the judge on half B, and MiniLM fully fine-tuned on A."""
-    from transformers import AutoTokenizer
-    s, sd0 = c.scale, child_seed(c.seed, "seed", 0)          # stage 4's baseline with its first seed is the proxy
-    res = train_reward_model(lora_reward_model(c.folder, c.tok, s, sd0), c.tok, c.A_tok, c.B_tok, rm_config(s, sd0, c.quiet))
-    rm = merge_lora(res.model); save_reward_model(rm, c.tok, c.out / "rm")
-    sdj = child_seed(c.seed, "judge")
-    jres = train_reward_model(lora_reward_model(c.folder, c.tok, s, sdj), c.tok, c.B_tok, c.A_tok, rm_config(s, sdj, c.quiet))
-    judge = merge_lora(jres.model); save_reward_model(judge, c.tok, c.out / "judge")
-    row = lambda model, on, off, m: {"model": model, "trained on": f"{on[0]} ({on[1]})", "tested on": f"{off[0]} ({off[1]})",
-                                     "accuracy": m["accuracy"], "ECE": m["ece"]}
-    A, B = ("A", len(c.A_tok)), ("B", len(c.B_tok))
-    rows = [row(f"SmolLM2-135M, LoRA r={s.lora_r} (proxy)", A, B, res.metrics),
-            row(f"SmolLM2-135M, LoRA r={s.lora_r} (judge)", B, A, jres.metrics)]
-    if s.minilm:
-        efolder = resolve_model(c.encoder_model, c.source)
-        etok = AutoTokenizer.from_pretrained(efolder)
-        eA, eB = (_quietly(tokenize_pairs, c.plain.select(i), etok, s.max_length, errors="skip") for i in (c.a_idx, c.b_idx))
-        eres = train_reward_model(make_reward_model(efolder, etok, seed=c.seed), etok, eA, eB,
-                                  rm_config(s, c.seed, c.quiet, lr=s.minilm_lr))
-        rows.append(row("all-MiniLM-L6-v2, full fine-tune (encoder)", ("A", len(eA)), ("B", len(eB)), eres.metrics))
-    agree = float((c.pair_scores(judge, c.B_tok) > 0).mean())   # the judge on its own half: how well it fits
-    return {"rows": rows, "judge_train_agreement": agree, "proxy_metrics": res.metrics,
-            "stats": reward_statistics(rm, c.A_tok, c.tok.pad_token_id, 2 * s.batch_size)}
-
-def strength_stage(c: HHRun) -> dict:
-    """Stage 3: preference strength by a cheap vote on half A, checked against the judge (GPT-4's stand-in)."""
-    votes = cheap_vote(c.A_tok, c.folder, c.tok, c.scale, c.seed)
-    mean, std = strength_stats(votes.chosen_scores, votes.rejected_scores)
-    jd = c.pair_scores(c.reward_model("judge"), c.A_tok)                          # the judge on half A
-    order = np.argsort(mean, kind="mergesort"); third = len(order) // 3
-    parts = {"weakest third": order[:third], "middle third": order[third:-third], "strongest third": order[-third:]}
-    return {"share_negative": float((mean < 0).mean()), "mean_std": float(std.mean()),
-            "judge_agreement": {k: float((jd[i] > 0).mean()) for k, i in parts.items()},
-            "strength_mean": mean.tolist(), "voters": c.scale.voters, "seconds": votes.seconds}
-
-# %% ../nbs/13b_real_models.ipynb #3176d3e1
-def label_tricks_stage(c: HHRun) -> dict:
-    """Stage 4: each label trick and a contrastive loss against the baseline, on the same LoRA reward model, seeds."""
-    from rmsecrets.core import mean_std
-    s, proxy = c.scale, c.results["reward models"]["proxy_metrics"]
-    st = c.results["strength"]["strength_mean"]
-    annotated = c.A_tok.add_column("strength_mean", st).add_column("margin", st)
-    variants = {"baseline": LABEL_TRICKS["bt"], **{t: LABEL_TRICKS[t] for t in s.tricks}, s.contrastive: CONTRASTIVE[s.contrastive]}
-    runs = []
-    for i in range(s.seeds):
-        sd = child_seed(c.seed, "seed", i)
-        for name, loss in variants.items():
-            if name == "baseline" and i == 0:                # the proxy reward model of stage 2: same seed, data, loss
-                runs.append({"method": name, "seed": i, "accuracy": proxy["accuracy"], "ece": proxy["ece"]})
-                continue
-            r = train_reward_model(lora_reward_model(c.folder, c.tok, s, sd), c.tok, annotated, c.B_tok, rm_config(s, sd, True),
-                                   loss_fn=copy.deepcopy(loss))
-            runs.append({"method": name, "seed": i, "accuracy": r.metrics["accuracy"], "ece": r.metrics["ece"]})
-    return {"runs": runs, "summary": mean_std(runs, ("accuracy", "ece"))}
-
-# %% ../nbs/13b_real_models.ipynb #d892d412
-def sft_stage(c: HHRun) -> dict:
-    """Stage 5: SFT with LoRA on half A's chosen responses, judged against the pretrained model it started from."""
-    from datasets import Dataset
-    s = c.scale
-    if len(c.prompts) < 2 or len(c.held) < 2:
-        raise ValueError(f"only {len(c.prompts)} prompts of half A and {len(c.held)} of half B have at most {s.prompt_tokens} "
-                         "tokens: raise prompt_tokens or use more pairs")
-    demos = Dataset.from_dict({"prompt": list(c.A["prompt"]), "response": list(c.A["chosen"])})
-    keep = [i for i, n in enumerate(prompt_lengths(c.tok, list(c.A["chosen"]))) if n <= s.max_length // 2]
-    policy = make_policy(c.folder, c.tok, seed=c.seed, gradient_checkpointing=s.gradient_checkpointing)
-    if s.lora_r: policy = add_lora(policy, r=s.lora_r, alpha=2 * s.lora_r, dropout=0.05, seed=c.seed)
-    res = train_sft(policy, c.tok, demos.select(keep), SFTConfig(lr=s.sft_lr, batch_size=s.batch_size,
-                    grad_accum=s.grad_accum, epochs=s.sft_epochs, max_length=s.max_length, mixed_precision="auto",
-                    log_every=5, seed=c.seed, progress=not c.quiet), out_dir=c.out / "sft")
-    w = win_rate(merge_lora(res.model), make_policy(c.folder, c.tok, seed=c.seed), c.tok, c.reward_model("judge"), c.held,
-                 s.new_tokens, s.max_length, c.seed, examples=2)
-    return {"sft_loss": res.metrics["loss"], "demonstrations": len(keep), "win_vs_pretrained": w}
-
-def ppo_stage(c: HHRun) -> dict:
-    """Stage 6: PPO-max with LoRA from the SFT policy against the proxy; the judge measures it."""
-    from accelerate import Accelerator
-    sft, judge = c.policy("sft/model"), c.reward_model("judge")
-    res = ppo(copy.deepcopy(sft), c.reward_model("rm"), c.tok, c.prompts, c.ppo_config(), eval_prompts=c.held,
-              gold_fn=c.gold(judge), out_dir=c.out / "ppo", accelerator=Accelerator(mixed_precision=resolve_precision("auto")))
-    w = win_rate(res.policy, sft, c.tok, judge, c.held, c.scale.new_tokens, c.scale.max_length, c.seed)
-    return {"prompts": len(c.prompts), "prompts_left_out": len(c.prompts_all) - len(c.prompts), "first": res.evals[0],
-            "last": res.evals[-1], "win": w, "evals": res.evals}
-
-def metarm_round_stage(c: HHRun) -> dict:
-    """Stage 7: a MetaRM round on the round-1 policy's samples (and no update, its control), then PPO again."""
-    s, out = c.scale, {}
-    policy1, sft, rm, judge = c.policy("ppo/policy"), c.policy("sft/model"), c.reward_model("rm"), c.reward_model("judge")
-    for v in s.round2:
-        config = IterativeConfig(rounds=1, rm_update=v, kl_reference="round", eta=s.eta, k=s.meta_k, meta_prompts=s.meta_prompts,
-                                 rm=rm_config(s, c.seed, True, max_steps=s.rm_update_steps, lr=s.rm_update_lr),
-                                 ppo=replace(c.ppo_config(), progress=False), seed=c.seed)
-        r = iterate(policy1, rm, c.tok, c.A_tok, c.prompts, config, eval_prompts=c.held,
-                    valid=c.B_tok.select(range(min(64, len(c.B_tok)))), gold_fn=c.gold(judge), parts_fn=None,
-                    out_dir=c.out / f"round2-{v}")
-        out[v] = {"row": r.rounds[0], "win": win_rate(r.policy, sft, c.tok, judge, c.held, s.new_tokens, s.max_length, c.seed)}
-    return out
-
 # %% ../nbs/13b_real_models.ipynb #dcabd086
-TRACK = [Stage("data", data_stage, keep=False), Stage("reward models", reward_models_stage), Stage("strength", strength_stage),
-         Stage("label tricks", label_tricks_stage), Stage("sft", sft_stage), Stage("ppo", ppo_stage),
-         Stage("metarm round", metarm_round_stage)]
+TRACK = [Stage("data", data_stage, keep=False), Stage("reward models", hh_reward_models_stage),  # 03_training
+         Stage("strength", hh_strength_stage), Stage("label tricks", hh_label_tricks_stage),          # 04b, 06
+         Stage("sft", hh_sft_stage), Stage("ppo", hh_ppo_stage), Stage("metarm round", hh_metarm_round_stage)]   # 07, 08, 10
 HH_STAGES = tuple(s.name for s in TRACK if s.keep)   # the kept stages, after the data, in order: what `until` may name
 
 def hh_metrics(r: dict, c: HHRun, run: Run) -> dict:

@@ -7,7 +7,7 @@ __all__ = ['GOLD_PARTS', 'RM_UPDATES', 'KL_REFERENCES', 'ROUND_DIAGNOSTICS', 'go
            'rm_diagnostics', 'IterativeConfig', 'IterativeResult', 'world_pairs', 'with_fresh', 'same_attention',
            'kl_to', 'round_samples', 'update_reward_model', 'load_round', 'keep_round', 'iterate', 'compare_iterative',
            'round_values', 'summarise_rounds', 'paired_rounds', 'recovered_share', 'part_rounds', 'plot_parts',
-           'plot_rounds', 'plot_differences', 'final_differences']
+           'plot_rounds', 'plot_differences', 'final_differences', 'hh_metarm_round_stage']
 
 # %% ../nbs/10_iterative.ipynb #80e1a913
 import copy
@@ -20,11 +20,12 @@ import numpy as np
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, concatenate_datasets
 
-from .core import child_seed, load_results, process_state, run_grid, save_results, seeded
+from .core import child_seed, load_results, process_state, save_results, seeded
 from .data import tokenize_pairs
+from .experiments import run_grid
 from .metarm import MetaRM, meta_batch, normalised_differences, ranking_accuracy
 from .model import attn_implementation, load_reward_model, save_reward_model
-from .policy import Samples, gold_scores, load_policy, proxy_scores, reward_spread, sample
+from .policy import Samples, gold_scores, load_policy, proxy_scores, reward_spread, sample, win_rate
 from .ppo import PPOConfig, ppo, response_logprobs
 from .train import TrainConfig, bradley_terry, evaluate, train_reward_model
 from .world import GOLD_WEIGHTS, RUDE, WorldConfig, annotate, gold_parts, gold_reward, parse_prompt
@@ -277,7 +278,7 @@ def iterate(policy,  # the SFT policy (copied)
 def compare_iterative(sft_policy, reward_model, tokenizer, pairs, prompts: list, eval_prompts: list,
                       updates: dict,  # name -> IterativeConfig overrides, e.g. {"MetaRM": {"rm_update": "metarm"}}
                       seeds: tuple = (0, 1, 2), config: IterativeConfig = IterativeConfig(),
-                      workers: int = 1,  # processes the runs are shared among (`core.parallel_map`)
+                      workers: int = 1,  # processes the runs are shared among (`experiments.parallel_map`)
                       out_dir: str | Path | None = None,  # each run's rounds in out_dir/<update>/seed_<s>: a rerun resumes
                       **kwargs) -> list[dict]:
     """`iterate` for every update and seed from the same start; one row per run (the result object under "result")."""
@@ -415,3 +416,19 @@ def final_differences(run: dict, tokenizer, eval_prompts: list, k: int = 5, seed
     """Normalised |Δr| of a run's last reward model among its last policy's samples on `eval_prompts`."""
     with seeded(seed): s = sample(run["result"].policy, tokenizer, eval_prompts, k=k)
     return normalised_differences(proxy_scores(run["result"].reward_model, tokenizer, s), k)
+
+# %% ../nbs/10_iterative.ipynb #95c038d5
+def hh_metarm_round_stage(c) -> dict:
+    """The real-model track's MetaRM round (`13b_real_models`, stage 7): the round-1 policy's samples form the meta set,
+    the proxy is updated by MetaRM (and not at all, the control), then PPO again. `c` is the track's context (`hh.HHRun`)."""
+    s, out = c.scale, {}
+    policy1, sft, rm, judge = c.policy("ppo/policy"), c.policy("sft/model"), c.reward_model("rm"), c.reward_model("judge")
+    for v in s.round2:
+        config = IterativeConfig(rounds=1, rm_update=v, kl_reference="round", eta=s.eta, k=s.meta_k, meta_prompts=s.meta_prompts,
+                                 rm=c.rm_config(c.seed, max_steps=s.rm_update_steps, lr=s.rm_update_lr),
+                                 ppo=replace(c.ppo_config(), progress=False), seed=c.seed)
+        r = iterate(policy1, rm, c.tok, c.A_tok, c.prompts, config, eval_prompts=c.held,
+                    valid=c.B_tok.select(range(min(64, len(c.B_tok)))), gold_fn=c.gold(judge), parts_fn=None,
+                    out_dir=c.out / f"round2-{v}")
+        out[v] = {"row": r.rounds[0], "win": win_rate(r.policy, sft, c.tok, judge, c.held, s.new_tokens, s.max_length, c.seed)}
+    return out

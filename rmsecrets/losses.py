@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 from datasets import Dataset
 
-from .core import mean_std, run_grid
+from .experiments import mean_std, run_grid
 from .model import make_reward_model
 from .train import WORLD_TRAIN, BradleyTerry, PairOutput, train_reward_model
 
@@ -111,7 +111,7 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
                    backbone: str = "tiny",
                    tricks: dict | None = None,  # name -> LabelTrick, for variants not in LABEL_TRICKS (e.g. an α sweep)
                    keep_models: bool = False,  # keep each run's trained model in its row (under "model")
-                   workers: int = 1,  # processes the runs are shared among (`core.parallel_map`)
+                   workers: int = 1,  # processes the runs are shared among (`experiments.parallel_map`)
                    ) -> list[dict]:
     """Train every method with every seed; one row each with the final metrics and the learning curve."""
     config = config or replace(WORLD_TRAIN, eval_every=25)

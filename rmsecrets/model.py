@@ -26,8 +26,9 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Lla
                           PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.utils import logging as hf_logging
 
-from .core import atomic_folder, seeded, table, write_json
+from .core import atomic_folder, seeded, write_json
 from .data import ROLE_TAGS, fit_ids, join_text, split_ids
+from .experiments import table
 
 # %% ../nbs/02_reward_model.ipynb #fa5ac437
 PRESETS = {  # name -> Llama trunk size; a few layers learn the world on a CPU in a minute
@@ -192,6 +193,7 @@ def score(model: nn.Module,  # a reward model
     return batched_rewards(model, len(prompts), batch_size, lambda i, j: encode_responses(
         tokenizer, prompts[i:j], responses[i:j], max_length, append_eos))
 
+# %% ../nbs/02_reward_model.ipynb #f004efe6
 @torch.no_grad()
 def batched_rewards(model: nn.Module,  # a reward model
                     n: int,  # sequences in all
@@ -226,6 +228,7 @@ def hh_chat_template(lead: str,  # the special tokens before the text, as a stri
             "{%% if add_generation_prompt %%}{{ '\\n\\nAssistant:' }}{%% else %%}{{ %s }}{%% endif %%}"
             % (json.dumps(lead), json.dumps(ROLE_TAGS), json.dumps(trail)))
 
+# %% ../nbs/02_reward_model.ipynb #26625d19
 def reward_tokenizer(tokenizer: PreTrainedTokenizerBase,  # the tokenizer the reward model was trained with (left as it is)
                      ) -> PreTrainedTokenizerBase:
     """A copy of `tokenizer` whose default call gives the training ids of a text (EOS appended, for decoders) and whose chat template writes a conversation as that text."""
@@ -244,6 +247,7 @@ def reward_tokenizer(tokenizer: PreTrainedTokenizerBase,  # the tokenizer the re
         tok.chat_template = hh_chat_template(*("".join(tok.convert_ids_to_tokens(ids)) for ids in (lead, trail)))
     return tok
 
+# %% ../nbs/02_reward_model.ipynb #e56f52e8
 @torch.no_grad()
 def plain_text_scores(model: nn.Module,  # a reward model
                       tokenizer: PreTrainedTokenizerBase,  # its tokenizer
@@ -418,6 +422,7 @@ def merge_lora(model: nn.Module,  # a PEFT LoRA model (possibly inside DDP), or 
     # W ← W + (α/r)·B·A in every adapted layer; the head's trained copy replaces the frozen original
     return copy.deepcopy(model).merge_and_unload()    # a copy: costs one more model's memory while saving
 
+# %% ../nbs/02_reward_model.ipynb #cd1bf997
 def save_folder(model: nn.Module,  # a Hugging Face model (wrappers are removed, LoRA adapters merged)
                 tokenizer: PreTrainedTokenizerBase,  # saved beside it
                 path: str | os.PathLike,  # the folder to write (replaced if it exists)
@@ -439,6 +444,7 @@ def save_folder(model: nn.Module,  # a Hugging Face model (wrappers are removed,
         if check is not None: check(tmp)
     return path
 
+# %% ../nbs/02_reward_model.ipynb #610edc2c
 def save_reward_model(model: nn.Module,  # the reward model (wrappers are removed, LoRA adapters merged)
                       tokenizer: PreTrainedTokenizerBase,  # its training tokenizer; saved as `reward_tokenizer(tokenizer)`
                       path: str | os.PathLike,  # the folder to write (replaced if it exists)
@@ -481,6 +487,7 @@ def load_reward_model(path: str | os.PathLike,  # a folder written by `save_rewa
     ensure_pad_token(tokenizer, fix=False)
     return model.eval(), tokenizer
 
+# %% ../nbs/02_reward_model.ipynb #228a496c
 def attn_implementation(model: nn.Module) -> str | None:
     """The attention kernel a loaded model runs ("eager", "sdpa", ...). transformers keeps it in the private
     `config._attn_implementation`; this is the one place that reads it (tests/test_model.py fails if that changes)."""
@@ -503,6 +510,7 @@ def add_prototypes(model: nn.Module,  # a reward model (wrappers are looked thro
     m.config.swav_prototypes = k   # so that `load_reward_model` rebuilds the layer before it reads the weights
     return m.prototypes
 
+# %% ../nbs/02_reward_model.ipynb #78d88788
 def _saved_tensor(path: str | os.PathLike, name: str) -> torch.Tensor:
     """One tensor of a saved model folder (single or sharded safetensors) — for layers transformers does not know."""
     from safetensors import safe_open
@@ -540,6 +548,7 @@ def lora_targets(spec: str) -> str | list[str]:
     """A `--lora-targets` value as peft takes it: "all-linear" as it is, a comma list such as "q_proj,v_proj" split."""
     return spec if spec == "all-linear" else [t for t in spec.split(",") if t]
 
+# %% ../nbs/02_reward_model.ipynb #49a91861
 def add_lora(model: PreTrainedModel,  # a reward model (`make_reward_model`) or a causal LM (`make_policy`); changed in place
              r: int = 8,  # rank of each update B·A
              alpha: float = 16,  # the update is scaled by alpha / r
@@ -583,6 +592,7 @@ def smollm2_package() -> Path | None:
     folder = Path(list(spec.submodule_search_locations)[0])
     return folder if (folder / GGUF_FILE).exists() else None
 
+# %% ../nbs/02_reward_model.ipynb #54f93a9c
 def gguf_to_folder(folder: str | os.PathLike,  # a folder holding the GGUF file
                    gguf_file: str,  # its name
                    out: str | os.PathLike,  # the plain transformers folder to write (safetensors)
@@ -626,6 +636,7 @@ def load_encoder(folder: str | Path,  # a local model folder (e.g. `minilm_folde
     model = AutoModel.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False)
     return model, tokenizer
 
+# %% ../nbs/02_reward_model.ipynb #be2ed5dc
 def resolve_model(name: str,  # a local folder, a hub name, or SMOLLM2 / MINILM, which have packaged copies
                   source: str = "auto",  # "hub", "packaged", or "auto": packaged when offline, the hub otherwise
                   ) -> str:

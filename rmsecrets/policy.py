@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SAMPLING', 'make_policy', 'policy_card', 'save_policy', 'load_policy', 'tokenize_demonstrations', 'SFTConfig',
            'SFTResult', 'train_sft', 'Samples', 'sample', 'gold_scores', 'proxy_scores', 'reward_spread', 'judge_fn',
-           'win_rate']
+           'win_rate', 'hh_sft_stage']
 
 # %% ../nbs/07_policy.ipynb #85dbbdb7
 import json
@@ -24,7 +24,7 @@ from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, LlamaCon
 
 from .core import seeded, write_json
 from .data import PreferenceDataError, fit_ids, split_ids
-from .model import PRESETS, card_table, enable_checkpointing, ensure_pad_token, save_folder
+from .model import PRESETS, add_lora, card_table, enable_checkpointing, ensure_pad_token, merge_lora, save_folder
 from .train import ShuffleSampler, fit, full_state_dict, make_optimizer, start_run, total_steps
 
 # %% ../nbs/07_policy.ipynb #41d3d7b0
@@ -293,3 +293,22 @@ def win_rate(policy, reference, tokenizer, judge, prompts: list,
         out["examples"] = [{"prompt": p, "policy": x, "reference": y, "judge": float(u), "judge_reference": float(v)}
                            for p, x, y, u, v in list(zip(prompts, a.responses, b.responses, ja, jb))[:examples]]
     return out
+
+# %% ../nbs/07_policy.ipynb #fe2b211c
+def hh_sft_stage(c) -> dict:
+    """The real-model track's SFT (`13b_real_models`, stage 5): LoRA on half A's chosen responses, judged against the
+    pretrained model it started from. `c` is the track's context (`hh.HHRun`)."""
+    s = c.scale
+    if len(c.prompts) < 2 or len(c.held) < 2:
+        raise ValueError(f"only {len(c.prompts)} prompts of half A and {len(c.held)} of half B have at most {s.prompt_tokens} "
+                         "tokens: raise prompt_tokens or use more pairs")
+    demos = Dataset.from_dict({"prompt": list(c.A["prompt"]), "response": list(c.A["chosen"])})
+    keep = [i for i, n in enumerate(c.token_counts(list(c.A["chosen"]))) if n <= s.max_length // 2]
+    policy = make_policy(c.folder, c.tok, seed=c.seed, gradient_checkpointing=s.gradient_checkpointing)
+    if s.lora_r: policy = add_lora(policy, r=s.lora_r, alpha=2 * s.lora_r, dropout=0.05, seed=c.seed)
+    res = train_sft(policy, c.tok, demos.select(keep), SFTConfig(lr=s.sft_lr, batch_size=s.batch_size,
+                    grad_accum=s.grad_accum, epochs=s.sft_epochs, max_length=s.max_length, mixed_precision="auto",
+                    log_every=5, seed=c.seed, progress=not c.quiet), out_dir=c.out / "sft")
+    w = win_rate(merge_lora(res.model), make_policy(c.folder, c.tok, seed=c.seed), c.tok, c.reward_model("judge"), c.held,
+                 s.new_tokens, s.max_length, c.seed, examples=2)
+    return {"sft_loss": res.metrics["loss"], "demonstrations": len(keep), "win_vs_pretrained": w}

@@ -7,7 +7,7 @@ __all__ = ['PPO_PRESETS', 'PPO_KEYS', 'masked_mean', 'whiten', 'RunningMoments',
            'value_loss', 'response_logprobs', 'token_values', 'PPOConfig', 'PPOResult', 'evaluate_policy', 'AdapterOff',
            'lora_is_zero', 'reference_policy', 'Experience', 'score_rollout', 'ppo_update', 'make_critic',
            'reward_moments', 'resume_ppo', 'ppo_models', 'keep_policy', 'iteration_log', 'ppo', 'save_ppo_checkpoint',
-           'compare_ppo', 'summarise_ppo', 'plot_ppo']
+           'compare_ppo', 'summarise_ppo', 'plot_ppo', 'hh_ppo_stage']
 
 # %% ../nbs/08_ppo.ipynb #a90d6535
 import copy
@@ -24,10 +24,11 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification
 
-from .core import mean_std, run_grid, seeded, tune_allocator, write_json, write_text
+from .core import seeded, write_json, write_text
+from .experiments import mean_std, run_grid
 from .model import add_lora, lora_targets, merge_lora, reward_head
-from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy
-from .train import latest_checkpoint, save_checkpoint
+from .policy import Samples, gold_scores, proxy_scores, reward_spread, sample, save_policy, win_rate
+from .train import latest_checkpoint, resolve_precision, save_checkpoint, tune_allocator
 
 # %% ../nbs/08_ppo.ipynb #39afc719
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -398,7 +399,7 @@ def ppo(policy,  # the SFT policy (trained in place)
     """PPO-max: train `policy` on `reward_model`'s scores with a KL penalty to its starting point."""
     acc = accelerator or Accelerator()
     set_seed(config.seed)
-    tune_allocator()                                                                        # 00_core
+    tune_allocator()                                                                        # 03_training
     rm_tokenizer, pad, out_dir = rm_tokenizer or tokenizer, tokenizer.pad_token_id, Path(out_dir) if out_dir is not None else None
     policy, ref, reward_model, critic, opt, copt = ppo_models(policy, reward_model, config, acc, reference)
     eval_prompts = eval_prompts or prompts[:config.eval_prompts]
@@ -467,7 +468,7 @@ def _append(out_dir, name, row, acc):
 def compare_ppo(sft_policy, reward_models: dict,  # name -> reward model, or name -> (reward model, PPOConfig overrides)
                 tokenizer, prompts: list, eval_prompts: list,
                 seeds: tuple = (0, 1, 2), config: PPOConfig = PPOConfig(progress=False),
-                workers: int = 1,  # processes the runs are shared among (`core.parallel_map`)
+                workers: int = 1,  # processes the runs are shared among (`experiments.parallel_map`)
                 ) -> list[dict]:
     """PPO from the same SFT policy on every reward model and seed; one row per run with its evaluations."""
     def run(name, spec, seed):
@@ -500,3 +501,14 @@ def plot_ppo(rows: list[dict], axes=None):
             ax.set_title(title); ax.set_xlabel("PPO iteration")
     axes[0].legend(fontsize=8)
     return axes
+
+# %% ../nbs/08_ppo.ipynb #47d7b772
+def hh_ppo_stage(c) -> dict:
+    """The real-model track's PPO-max (`13b_real_models`, stage 6): LoRA on policy and critic from the SFT policy against
+    the proxy; the judge measures it. `c` is the track's context (`hh.HHRun`)."""
+    sft, judge = c.policy("sft/model"), c.reward_model("judge")
+    res = ppo(copy.deepcopy(sft), c.reward_model("rm"), c.tok, c.prompts, c.ppo_config(), eval_prompts=c.held,
+              gold_fn=c.gold(judge), out_dir=c.out / "ppo", accelerator=Accelerator(mixed_precision=resolve_precision("auto")))
+    w = win_rate(res.policy, sft, c.tok, judge, c.held, c.scale.new_tokens, c.scale.max_length, c.seed)
+    return {"prompts": len(c.prompts), "prompts_left_out": len(c.prompts_all) - len(c.prompts), "first": res.evals[0],
+            "last": res.evals[-1], "win": w, "evals": res.evals}

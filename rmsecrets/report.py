@@ -13,7 +13,8 @@ __all__ = ['fmt_ms', 'PAPER_STRENGTH', 'STRENGTH_KEYS', 'DEMO_SECTIONS', 'PUBLIS
 # %% ../nbs/12b_report.ipynb #b6aab23a
 from pathlib import Path
 
-from .core import table, versus, write_text
+from .core import write_text
+from .experiments import table, versus
 
 # %% ../nbs/12b_report.ipynb #0b4702d7
 class Report:
@@ -176,6 +177,7 @@ def over_optimisation(r: dict) -> str:
     if proxy > 0 and gold < 0: return said + ": the policy exploits what the reward model cannot see."
     return said + ": no over-optimisation showed in this run."
 
+# %% ../nbs/12b_report.ipynb #7adb8c97
 def policy_section(r: dict, c):
     """Stage 6's: gold, proxy, KL, spread and length from the SFT policy to the end of PPO; the run without KL."""
     import matplotlib.pyplot as plt
@@ -266,6 +268,7 @@ def add_sections(report: Report, sections: dict, results: dict, c):
             if isinstance(part, str): report.add(part)
             else: report.figure(*part)
 
+# %% ../nbs/12b_report.ipynb #8e16a9af
 def demo_report(results: dict, c, clock) -> Report:
     """The demo's report.md: the command, each stage's section and figures, then what it cost."""
     import matplotlib
@@ -302,6 +305,7 @@ def data_section(d: dict, c):
            + table([{"preset": k, "stage": r["stage"], "runs": r["runs"], "GB/GPU": round(r["total_gb"], 2),
                      "fits": r["fits"], "minutes": round(60 * r["hours"], 1)} for k, rows in d["estimate"].items() for r in rows]))
 
+# %% ../nbs/12b_report.ipynb #0b4e7c37
 def reward_models_section(r: dict, c):
     """Stage 2's: the proxy, the judge and MiniLM on the half they did not train on, beside published accuracies."""
     yield ("## 2. Reward models on held-out human pairs\n\n" + table(r["rows"])
@@ -349,6 +353,7 @@ def ppo_section(pol: dict, c):
            + f"\n\nWin rate against the SFT policy under the judge: {w['win_rate']:.3f} ± {w['win_rate_se']:.3f} "
            f"(one sample per prompt, ties half; {w['ties']:.0%} of the prompts got the same answer from both).")
 
+# %% ../nbs/12b_report.ipynb #b7141f98
 def metarm_round_section(it: dict, c):
     """Stage 7's: the second round with MetaRM (or no update) beside round 1; the round-1 curves."""
     s, pol = c.scale, c.results["ppo"]

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from dataclasses import dataclass
 
-from .core import table
+from .experiments import table
 
 # %% ../nbs/11_scale.ipynb #b56f1706
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ GPUS = {  # memory (GB), dense bf16 peak (TFLOP/s) and memory bandwidth (TB/s), 
     "T4": dict(memory=16, tflops=65, bandwidth=0.32),   # PCIe; no bf16: its 65 TFLOP/s are fp16 (tensor cores)
 }
 
+# %% ../nbs/11_scale.ipynb #3338697b
 @dataclass(frozen=True)
 class Setup:
     """How a stage runs: GPUs, sharding, LoRA, checkpointing and the micro-batch."""
@@ -82,6 +83,7 @@ class Setup:
         return f"{self.n_gpus}×{self.gpu}{how}" + (f", LoRA r={self.lora_r}" if self.lora_r else "") + (
             ", ckpt" if self.checkpointing else "")
 
+# %% ../nbs/11_scale.ipynb #a45c7db9
 def state_bytes(trainable: int,  # Ψ_train, parameters with gradients and AdamW states
                 frozen: int,  # parameters held without gradients (`setup.frozen_bytes` each: 2 in bf16)
                 setup: Setup) -> dict:
@@ -145,17 +147,17 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
 class FlopMeter:
     """While active (a context), the FLOPs of every nn.Linear and attention product any model runs, training counted 3×
-    (in this process and in `core.parallel_map`'s workers)."""
+    (in this process and in `experiments.parallel_map`'s workers)."""
     def __init__(self): self.flops = 0
 
     def __enter__(self):
         import torch
-        from rmsecrets.core import count_across_workers
+        from rmsecrets.experiments import count_across_workers
         self._handle = torch.nn.modules.module.register_module_forward_hook(self._count, with_kwargs=True)
         return count_across_workers(self, "flops")
 
     def __exit__(self, *exc):
-        from rmsecrets.core import forget_counter
+        from rmsecrets.experiments import forget_counter
         self._handle.remove(); forget_counter(self)
 
     def _count(self, module, args, kwargs, out):

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from transformers import get_scheduler
 from datasets import Dataset
 
-from .core import child_seed, parallel_map, run_grid
-from .model import make_reward_model
+from .core import child_seed
 from .data import PairCollator
+from .experiments import parallel_map, run_grid
+from .model import make_reward_model
 from .train import (WORLD_TRAIN, EpochSampler, TrainConfig, bt_loss, evaluate, pair_forward, score_pairs,
                              total_steps, train_reward_model)
 
@@ -49,7 +50,7 @@ class StrengthConfig:
     folds: int = 2                # k for out_of_fold: each pair is scored by voters trained on the other folds
     backbone: str = "tiny"        # preset name, folder or hub name of every voter
     seed: int = 0                 # voter m uses seed + m (initialisation and data order)
-    workers: int = 1              # processes the voters are shared among (`core.parallel_map`: one thread each)
+    workers: int = 1              # processes the voters are shared among (`experiments.parallel_map`: one thread each)
     train: TrainConfig = field(default_factory=lambda: replace(VOTER_TRAIN))
 
 # %% ../nbs/04_strength.ipynb #cd20eca7

@@ -7,13 +7,15 @@ __all__ = ['LossFn', 'bradley_terry', 'WORLD_TRAIN', 'PairOutput', 'pair_forward
            'FunctionLoss', 'as_reward_loss', 'expected_calibration_error', 'pair_metrics', 'score_pairs', 'evaluate',
            'pair_scores', 'TrainConfig', 'EpochSampler', 'ShuffleSampler', 'pair_lengths', 'LengthGroupedSampler',
            'disable_dropout', 'save_checkpoint', 'latest_checkpoint', 'reward_statistics', 'card_info',
-           'NonFiniteLossError', 'TrainResult', 'resolve_precision', 'make_accelerator', 'start_run', 'total_steps',
-           'make_optimizer', 'fit', 'full_state_dict', 'pair_loader', 'finished_run', 'train_reward_model',
-           'plot_learning_curves', 'plot_reward_gaps']
+           'tune_allocator', 'NonFiniteLossError', 'TrainResult', 'resolve_precision', 'make_accelerator', 'start_run',
+           'total_steps', 'make_optimizer', 'fit', 'full_state_dict', 'pair_loader', 'finished_run',
+           'train_reward_model', 'plot_learning_curves', 'plot_reward_gaps', 'hh_reward_models_stage']
 
 # %% ../nbs/03_training.ipynb #a11e90f6
+import ctypes
 import json
 import math
+import os
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -31,9 +33,10 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .core import child_seed, publish, tune_allocator, write_json, write_text
+from .core import child_seed, publish, write_json, write_text
 from .data import PairCollator, tokenize_pairs
-from .model import attn_implementation, load_reward_model, plain_text_gap, reward_forward, save_reward_model, score
+from .model import (attn_implementation, load_reward_model, make_reward_model, merge_lora, plain_text_gap,
+                             resolve_model, reward_forward, save_reward_model, score)
 
 # %% ../nbs/03_training.ipynb #d70d7e61
 @dataclass
@@ -366,6 +369,22 @@ def card_info(model, tokenizer,
             info["example"] = {"prompt": pick["prompt"][0], "response": pick["chosen"][0], "reward": r}
     return info
 
+# %% ../nbs/03_training.ipynb #33779de3
+_MALLOC_TUNED = 1 << 30      # bytes below which blocks stay in the heap, and free heap top kept before trimming
+_MALLOC_DEFAULT = 128 << 10  # glibc's initial mmap and trim thresholds
+
+def tune_allocator() -> bool:
+    """Keep large blocks in glibc's heap (mmap and trim thresholds 1 GiB); `RMSECRETS_MALLOC=default`: glibc's values.
+
+    Returns whether the tuned thresholds are in effect (False off glibc)."""
+    try: libc = ctypes.CDLL("libc.so.6")
+    except OSError: return False
+    if not hasattr(libc, "mallopt"): return False
+    value = _MALLOC_DEFAULT if os.environ.get("RMSECRETS_MALLOC", "tuned") == "default" else _MALLOC_TUNED
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                                         # <malloc.h>
+    ok = libc.mallopt(M_MMAP_THRESHOLD, value) == 1 and libc.mallopt(M_TRIM_THRESHOLD, value) == 1
+    return ok and value == _MALLOC_TUNED
+
 # %% ../nbs/03_training.ipynb #11b735f6
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
@@ -400,7 +419,7 @@ def start_run(config, out_dir: str | Path | None = None, accelerator: Accelerato
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None and acc.is_main_process: out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)                     # random, numpy, torch and CUDA: dropout and anything else the run draws
-    tune_allocator()                          # large blocks stay in the heap (00_core): no number changes
+    tune_allocator()                          # large blocks stay in the heap (above): no number changes
     return acc, out_dir
 
 # %% ../nbs/03_training.ipynb #2e49aa41
@@ -633,3 +652,32 @@ def plot_reward_gaps(scores: dict, ax=None):
         ax.hist(gap, bins=40, density=True)
     ax.axvline(0, color="k", lw=.8); ax.set_xlabel("r(chosen) − r(rejected)"); ax.set_title("reward gap")
     return ax
+
+# %% ../nbs/03_training.ipynb #3c31fa54
+def hh_reward_models_stage(c) -> dict:
+    """The real-model track's reward models (`13b_real_models`, stage 2): the proxy (SmolLM2 with LoRA) on half A, the
+    judge on half B, and MiniLM fully fine-tuned on A. `c` is the track's context (`hh.HHRun`)."""
+    from transformers import AutoTokenizer
+    s, sd0 = c.scale, child_seed(c.seed, "seed", 0)          # the label tricks' baseline with its first seed is the proxy
+    res = train_reward_model(c.lora_reward_model(sd0), c.tok, c.A_tok, c.B_tok, c.rm_config(sd0, c.quiet))
+    rm = merge_lora(res.model); save_reward_model(rm, c.tok, c.out / "rm")
+    sdj = child_seed(c.seed, "judge")
+    jres = train_reward_model(c.lora_reward_model(sdj), c.tok, c.B_tok, c.A_tok, c.rm_config(sdj, c.quiet))
+    judge = merge_lora(jres.model); save_reward_model(judge, c.tok, c.out / "judge")
+    row = lambda model, on, off, m: {"model": model, "trained on": f"{on[0]} ({on[1]})", "tested on": f"{off[0]} ({off[1]})",
+                                     "accuracy": m["accuracy"], "ECE": m["ece"]}
+    A, B = ("A", len(c.A_tok)), ("B", len(c.B_tok))
+    rows = [row(f"SmolLM2-135M, LoRA r={s.lora_r} (proxy)", A, B, res.metrics),
+            row(f"SmolLM2-135M, LoRA r={s.lora_r} (judge)", B, A, jres.metrics)]
+    if s.minilm:
+        efolder = resolve_model(c.encoder_model, c.source)
+        etok = AutoTokenizer.from_pretrained(efolder)
+        with warnings.catch_warnings():                       # the tokenizer's notes on long rows
+            warnings.simplefilter("ignore")
+            eA, eB = (tokenize_pairs(c.plain.select(i), etok, s.max_length, errors="skip") for i in (c.a_idx, c.b_idx))
+        eres = train_reward_model(make_reward_model(efolder, etok, seed=c.seed), etok, eA, eB,
+                                  c.rm_config(c.seed, c.quiet, lr=s.minilm_lr))
+        rows.append(row("all-MiniLM-L6-v2, full fine-tune (encoder)", ("A", len(eA)), ("B", len(eB)), eres.metrics))
+    agree = float((c.pair_scores(judge, c.B_tok) > 0).mean())   # the judge on its own half: how well it fits
+    return {"rows": rows, "judge_train_agreement": agree, "proxy_metrics": res.metrics,
+            "stats": reward_statistics(rm, c.A_tok, c.tok.pad_token_id, 2 * s.batch_size)}

@@ -6,7 +6,7 @@
 __all__ = ['VOTERS', 'COMPARE_METRICS', 'single', 'bootstrap_weights', 'add_heads', 'WeightedHeads', 'train_shared_trunk',
            'score_heads', 'shared_trunk', 'pair_features', 'FeatureHeads', 'fit_heads', 'feature_votes',
            'frozen_features', 'snapshots', 'lora', 'compare_votes', 'compare_voters', 'cheapest_within',
-           'plot_comparison']
+           'plot_comparison', 'hh_strength_stage']
 
 # %% ../nbs/04b_cheap_voters.ipynb #4d946053
 import time
@@ -324,3 +324,23 @@ def plot_comparison(rows: list[dict],  # from `compare_votes`
     ax.set_xscale("log"); ax.set_xlabel("cost ratio to the full ensemble"); ax.set_ylabel(metric)
     ax.set_title("cheap voters: cost and quality"); ax.legend(fontsize=8, loc="lower right")
     return ax
+
+# %% ../nbs/04b_cheap_voters.ipynb #aa2ee1c2
+def hh_strength_stage(c) -> dict:
+    """The real-model track's preference strength (`13b_real_models`, stage 3): M heads on one LoRA trunk, out of fold
+    over two folds of half A, checked against the judge (GPT-4's stand-in). `c` is the track's context (`hh.HHRun`)."""
+    s, pairs = c.scale, c.A_tok
+    def fit_and_score(train_idx, score_idx, f):
+        sd = child_seed(c.seed, "fold", f)
+        model = c.lora_reward_model(sd, heads=s.voters)
+        w = bootstrap_weights(s.voters, len(train_idx), sd)
+        model = train_shared_trunk(model, c.tok, pairs.select(train_idx), w, c.rm_config(sd))
+        return score_heads(model, pairs.select(score_idx), c.tok.pad_token_id, 2 * s.batch_size)
+    votes = vote_by_fold(len(pairs), StrengthConfig(n_voters=s.voters, mode="out_of_fold", folds=2, seed=c.seed), fit_and_score)
+    mean, std = strength_stats(votes.chosen_scores, votes.rejected_scores)
+    jd = c.pair_scores(c.reward_model("judge"), pairs)                          # the judge on half A
+    order = np.argsort(mean, kind="mergesort"); third = len(order) // 3
+    parts = {"weakest third": order[:third], "middle third": order[third:-third], "strongest third": order[-third:]}
+    return {"share_negative": float((mean < 0).mean()), "mean_std": float(std.mean()),
+            "judge_agreement": {k: float((jd[i] > 0).mean()) for k, i in parts.items()},
+            "strength_mean": mean.tolist(), "voters": s.voters, "seconds": votes.seconds}

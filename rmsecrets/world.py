@@ -138,6 +138,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
         "polite": w["polite"] * polite - w["rude"] * n_rude,
     }
 
+# %% ../nbs/00_world.ipynb #eecd0959
 def gold_reward(prompt: str, response: str) -> float:
     """The gold reward r*(prompt, response) of the world (rounded to 1e-6, so equal rewards tie exactly)."""
     return round(float(sum(gold_parts(prompt, response).values())), 6)
@@ -231,10 +232,12 @@ def world_vocabulary() -> list[str]:
     return sorted({w for t in texts for w in t.split()})
 
 # a conversation as the world writes it: "<bos>human : … assistant : …" and EOS after the answer, or the open "assistant :"
+
 WORLD_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if not loop.first %} {% endif %}"
                        "{{ 'human' if m['role'] == 'user' else m['role'] }} : {{ m['content'] }}{% endfor %}"
                        "{% if add_generation_prompt %} assistant :{% else %} {{ eos_token }}{% endif %}")
 
+# %% ../nbs/00_world.ipynb #e13f15ee
 def make_tokenizer():
     """The world's word-level `PreTrainedTokenizerFast` (BOS prepended, pad distinct from EOS, a chat template)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -265,6 +268,7 @@ def save_world(config: WorldConfig, out: str | Path) -> Path:
         if bars_were_on: datasets.enable_progress_bars()
     return out
 
+# %% ../nbs/00_world.ipynb #71ae9b30
 def load_world(path: str | Path) -> dict:
     """A saved world: its `config`, `preferences`, `demonstrations`, `prompts` and `tokenizer`."""
     from transformers import AutoTokenizer

@@ -1,4 +1,4 @@
-"""The house's tools: seeding, child seeds, atomic writes, the variants × seeds harness; and the one training loop
+"""The house's tools: seeding, child seeds, atomic writes; and the one training loop
 under supervised fine-tuning (same order as shuffle=True, resume, NaN guard)."""
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from rmsecrets.core import atomic_file, atomic_folder, child_seed, mean_std, run_grid, seeded, versus, write_json
+from rmsecrets.core import atomic_file, atomic_folder, child_seed, seeded, write_json
 from rmsecrets.train import NonFiniteLossError, ShuffleSampler
 
 
@@ -42,16 +42,6 @@ def test_atomic_writes_leave_the_old_version_or_the_new_one(tmp_path):
     assert os.listdir(tmp_path / "d") == ["old"]
     with atomic_folder(tmp_path / "d") as tmp: (tmp / "new").write_text("")
     assert os.listdir(tmp_path / "d") == ["new"] and sorted(os.listdir(tmp_path)) == ["d", "x.json"]
-
-
-def test_the_harness_runs_variants_by_seeds_and_judges_against_the_spread():
-    rows = run_grid({"base": 0.0, "better": 1.0}, (0, 1, 2), lambda name, v, seed: {"acc": v + 0.1 * seed})
-    assert [(r["method"], r["seed"]) for r in rows][:3] == [("base", 0), ("base", 1), ("base", 2)]
-    base, better = mean_std(rows, ("acc",), vs_first=True)
-    assert better["acc"] == pytest.approx(1.1) and better["acc_std"] == pytest.approx(np.std([1.0, 1.1, 1.2]))
-    assert better["acc_vs_base"] == pytest.approx(1.0) and better["seeds"] == 3
-    assert versus(better, base, "acc")["beyond"] and not versus(base, base, "acc")["beyond"]
-    assert "seed" not in run_grid({"g": 1}, (0,), lambda *a: {}, seed_key=None)[0]
 
 
 def test_shuffle_sampler_replays_shuffle_true_epoch_by_epoch():

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from rmsecrets.core import mean_std, versus
+from rmsecrets.experiments import mean_std, versus
 from rmsecrets.iterative import summarise_rounds
 from rmsecrets.losses import summarise_tricks
 from rmsecrets.ppo import summarise_ppo

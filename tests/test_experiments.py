@@ -1,0 +1,42 @@
+"""The experiment harness: variants × seeds, their summary and verdict, and forked workers that reproduce one process."""
+import numpy as np
+import pytest
+import torch
+
+from rmsecrets.core import seeded
+from rmsecrets.experiments import count_across_workers, forget_counter, mean_std, parallel_map, run_grid, versus
+
+
+def test_the_harness_runs_variants_by_seeds_and_judges_against_the_spread():
+    rows = run_grid({"base": 0.0, "better": 1.0}, (0, 1, 2), lambda name, v, seed: {"acc": v + 0.1 * seed})
+    assert [(r["method"], r["seed"]) for r in rows][:3] == [("base", 0), ("base", 1), ("base", 2)]
+    base, better = mean_std(rows, ("acc",), vs_first=True)
+    assert better["acc"] == pytest.approx(1.1) and better["acc_std"] == pytest.approx(np.std([1.0, 1.1, 1.2]))
+    assert better["acc_vs_base"] == pytest.approx(1.0) and better["seeds"] == 3
+    assert versus(better, base, "acc")["beyond"] and not versus(base, base, "acc")["beyond"]
+    assert "seed" not in run_grid({"g": 1}, (0,), lambda *a: {}, seed_key=None)[0]
+
+
+def _fit(name, lr, seed):
+    with seeded(seed):
+        net = torch.nn.Linear(4, 1); opt = torch.optim.SGD(net.parameters(), lr=lr)
+        x, y = torch.randn(64, 4), torch.randn(64, 1)
+        for _ in range(20): opt.zero_grad(); torch.nn.functional.mse_loss(net(x), y).backward(); opt.step()
+    return {"w": net.weight.detach().clone()}
+
+
+def test_two_workers_give_the_weights_of_one_process_on_one_thread():
+    one = run_grid({"slow": 0.01, "fast": 0.1}, (0, 1), _fit)          # the autouse fixture runs tests on one thread
+    two = run_grid({"slow": 0.01, "fast": 0.1}, (0, 1), _fit, workers=2)
+    assert [(r["method"], r["seed"]) for r in two] == [(r["method"], r["seed"]) for r in one]
+    assert all(torch.equal(a["w"], b["w"]) for a, b in zip(one, two))
+    assert not torch.equal(one[0]["w"], one[2]["w"])                     # the runs differ: the check can fail
+
+
+def test_counts_made_in_workers_come_back_until_forgotten():
+    class Tally: n = 0
+    tally = count_across_workers(Tally(), "n")
+    def add(x): tally.n += x; return x
+    assert parallel_map(add, [1, 2, 3, 4], workers=2) == [1, 2, 3, 4] and tally.n == 10
+    forget_counter(tally)
+    assert parallel_map(add, [5, 6], workers=2) == [5, 6] and tally.n == 10
