@@ -429,7 +429,7 @@ def args_demo(p: argparse.ArgumentParser) -> None:
                                                "(default: demo, or demo-hh for --track hh)")
     p.add_argument("--quick", action="store_true", help="a smoke run: small world (or few pairs), short training")
     p.add_argument("--track", default="world", choices=["world", "hh"],
-                   help="world: the generated world with its gold reward; hh: hh-rlhf with SmolLM2 and MiniLM (13b_real_models)")
+                   help="world: the generated world with its gold reward; hh: hh-rlhf with SmolLM2 and MiniLM (13c_hh_demo)")
     p.add_argument("--scale", default="auto", choices=["auto", "cpu", "t4", "a100"],
                    help="--track hh: sizes for the hardware (auto: t4 on a GPU without bf16, a100 on one with it, cpu otherwise)")
     p.add_argument("--data", default=None, help="--track hh: preference pairs (default: the hh-rlhf sample beside the "
@@ -445,9 +445,10 @@ def args_demo(p: argparse.ArgumentParser) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Run every stage of the paper on the world (`13_demo`), or with `--track hh` on real models and human pairs
-    (`13b_real_models`); report.md, figures and metrics.json in `--out`."""
+    (`13c_hh_demo`); report.md, figures and metrics.json in `--out`."""
     if args.track == "hh":
-        from rmsecrets.hh import pick_scale, run_hh_track
+        from rmsecrets.hh import pick_scale
+        from rmsecrets.hh_demo import run_hh_track
         return run_hh_track(args.out, "quick" if args.quick else pick_scale(args.scale), seed=args.seed, data=args.data,
                             policy_model=args.policy_model, encoder_model=args.encoder_model, source=args.models,
                             quiet=args.quiet, command=getattr(args, "command_line", None))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .contrastive import SHIFTED_WORLD, compare_contrastive, response_features, summarise
-from .core import write_json
+from .core import Stage, write_json
 from .data import tokenize_pairs
 from .experiments import default_workers
 from .iterative import IterativeConfig, compare_iterative, final_differences, recovered_share, summarise_rounds
@@ -25,7 +25,7 @@ from .model import load_reward_model, make_reward_model, save_reward_model
 from .policy import SFTConfig, load_policy, make_policy, train_sft
 from .ppo import PPOConfig, compare_ppo, summarise_ppo
 from .report import demo_report, quiet_progress, verdict
-from .stages import Run, Stage
+from .stages import Run
 from .strength import StrengthConfig, annotate, decile_experiment, strength_summary, vote
 from .train import WORLD_TRAIN, TrainConfig, pair_metrics, score_pairs, train_reward_model
 from .voters import VOTERS, compare_votes

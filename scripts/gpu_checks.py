@@ -45,7 +45,7 @@ def main():
     result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
 
     if not args.skip_track:                                               # 1. the track on the t4 preset
-        from rmsecrets.hh import run_hh_track
+        from rmsecrets.hh_demo import run_hh_track
         torch.cuda.reset_peak_memory_stats()
         t0 = time.time()
         summary = run_hh_track(out / "hh-t4", "t4", quiet=True, source="packaged")

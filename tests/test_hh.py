@@ -1,4 +1,4 @@
-"""The real-model track (13b_real_models): the packaged SmolLM2, precision and presets, and `rmsecrets demo --track hh --quick`
+"""The real-model track (13b_real_models, 13c_hh_demo): the packaged SmolLM2, precision and presets, and `rmsecrets demo --track hh --quick`
 end to end on real pretrained weights, offline.
 
 The packaged SmolLM2's conversion to a plain transformers folder is checked once, at full size. The track then runs
@@ -15,10 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from rmsecrets import cli
-from rmsecrets.hh import HH_SCALES, HH_STAGES, SMOLLM2_135M, pick_scale, run_hh_track, split_halves, track_estimate
+from rmsecrets.hh import HH_SCALES, SMOLLM2_135M, pick_scale, real_model_stage, split_halves, track_estimate
+from rmsecrets.hh_demo import HH_STAGES, run_hh_track
 from rmsecrets.model import GGUF_FILE, SMOLLM2, load_reward_model, resolve_model, smollm2_package
 from rmsecrets.scale import ModelShape, Setup, state_bytes
 from rmsecrets.train import TrainConfig, make_accelerator, pair_scores, resolve_precision
+from rmsecrets.voters import HH_STRENGTH
 from rmsecrets.model import minilm_folder
 
 
@@ -142,8 +144,8 @@ def test_demo_track_hh_quick_full_size(tmp_path, smollm2_folder, capsys):
 def check_track(out, capsys, policy, encoder, layers: int):
     models = dict(policy_model=str(policy), encoder_model=str(encoder)) if policy else {}
     flags = ["--policy-model", str(policy), "--encoder-model", str(encoder)] if policy else []
-    with pytest.raises(ValueError, match="'strength'"): run_hh_track(out, "quick", until="voting", **models)
-    part = run_hh_track(out, "quick", until="strength", quiet=True, **models)
+    with pytest.raises(TypeError, match="HH_REWARD_MODELS"): real_model_stage("strength", "quick", out, **models)
+    part = real_model_stage(HH_STRENGTH, "quick", out, **models)
     assert list(part["results"]) == ["reward models", "strength"] == list(part["report"]) == list(HH_STAGES[:2])
     assert part["report"]["strength"].startswith("## 3. Preference strength") and part["ran_on"]["strength"]["device"]
     assert part["results"]["strength"]["voters"] == 2 and not (out / "metrics.json").exists()

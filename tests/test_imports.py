@@ -35,9 +35,22 @@ def imports_of(module: str) -> set[str]:
 
 def test_no_module_imports_from_a_later_notebook():
     order = notebook_order()
-    assert order[:5] == ["core", "world", "experiments", "data", "model"] and order[-5:] == ["stages", "report", "demo", "hh", "cli"]
+    assert order[:5] == ["core", "world", "experiments", "data", "model"] and order[-6:] == ["stages", "report", "demo", "hh", "hh_demo", "cli"]
     upward = {m: sorted(d for d in imports_of(m) if d in order and order.index(d) > order.index(m)) for m in order}
     assert not any(upward.values()), {m: d for m, d in upward.items() if d}
+
+
+def test_a_lesson_s_real_model_runner_loads_no_later_lesson():
+    """Lessons 03–10 import `rmsecrets.hh` for their real-model section; importing it loads no module of the paper's
+    lessons after 03_training (the stages come from the lessons themselves, the whole track from `hh_demo`), only the
+    house's machinery (scale, stages, report)."""
+    import subprocess, sys
+    code = "import sys, rmsecrets.hh; print(' '.join(sorted(m.split('.')[1] for m in sys.modules if m.startswith('rmsecrets.'))))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    order = notebook_order()
+    later = {m for m in order if order.index("train") < order.index(m) < order.index("scale")}   # 04 to 10
+    assert "hh" in loaded and later and not loaded & later, sorted(loaded & later)
+    assert "hh_demo" not in loaded and {"contrastive", "iterative", "voters", "ppo"} <= imports_of("hh_demo")
 
 
 if __name__ == "__main__":

@@ -76,24 +76,29 @@ def test_staleness_is_detected():
     assert notebooks.advice(Path("nbs/05_label_tricks.ipynb"), [problem]) == "make notebooks NB=05_label_tricks REAL=1"
 
 
-REAL_STAGES = {"03_training": "reward models", "04_strength": "strength", "05_label_tricks": "label tricks",
-               "06_contrastive": "label tricks", "07_policy": "sft", "08_ppo": "ppo", "09_metarm": "metarm round",
-               "10_iterative": "metarm round"}
+REAL_STAGES = {"03_training": "train.HH_REWARD_MODELS", "04_strength": "voters.HH_STRENGTH",
+               "05_label_tricks": "contrastive.HH_LABEL_TRICKS", "06_contrastive": "contrastive.HH_LABEL_TRICKS",
+               "07_policy": "policy.HH_SFT", "08_ppo": "ppo.HH_PPO", "09_metarm": "iterative.HH_METARM_ROUND",
+               "10_iterative": "iterative.HH_METARM_ROUND"}
 
 
 @pytest.mark.parametrize("stem", REAL_STAGES)
 def test_lessons_run_their_stage_on_a_real_model(stem):
     """Lessons 03–10 end with "On a real model": its `#| real` cells wait for `REAL_MODEL = False` at the top, run
     the lesson's own stage of the real-model track, and the committed outputs show that stage's results and machine."""
-    from rmsecrets.hh import HH_STAGES
-    nb, stage = load(ROOT / "nbs" / f"{stem}.ipynb"), REAL_STAGES[stem]
+    import importlib
+    from rmsecrets.hh_demo import TRACK
+    module, const = REAL_STAGES[stem].split(".")
+    nb, stage = load(ROOT / "nbs" / f"{stem}.ipynb"), getattr(importlib.import_module(f"rmsecrets.{module}"), const)
     h = headings(nb)
     assert "## On a real model" in h and h.index("## On a real model") == h.index("## What we saw") - 1
     code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     switch = next(i for i, src in enumerate(code) if "REAL_MODEL" in src)
     assert "REAL_MODEL = False" in code[switch] and "guard_slow_cells(get_ipython())" in code[switch]
     real = [i for i, src in enumerate(code) if "real" in notebooks.directives(src)]
-    assert real and switch < real[0] and stage in HH_STAGES and f"real_model_stage({stage!r})".replace("'", '"') in code[real[0]]
+    assert real and switch < real[0] and stage in TRACK
+    assert f"from rmsecrets.{module} import {const}" in code[real[0]] and f"real_model_stage({const})" in code[real[0]]
+    stage = stage.name
     texts = ["".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/markdown", "")) for src, o in outputs(nb)
              if "real" in notebooks.directives(src)]
     assert any(f"stage {stage!r} of the real-model track" in t and "computed on" in t for t in texts), \

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from rmsecrets.report import Report, add_sections, section_text
-from rmsecrets.stages import Run, Stage, load_results, save_results
+from rmsecrets.core import Stage, load_results, save_results
+from rmsecrets.stages import Run
 
 
 def track(calls: list, fail_at: str | None = None):
