@@ -96,12 +96,15 @@ def test_loss_flags_are_generated_from_the_dataclasses():
 
 
 def test_one_seed_gives_no_verdict():
-    """A spread of zero from one seed judges nothing: the report must not call a one-seed difference 'beyond' it."""
-    from rmsecrets.report import versus_text
-    one = lambda x: {"seeds": 1, "gold": x, "gold_std": 0.0}
-    assert versus_text(one(1.0), one(0.5), "gold") == "+0.500 (one seed, so no spread to judge by)"
-    two = lambda x: {"seeds": 2, "gold": x, "gold_std": 0.1}
-    assert versus_text(two(1.0), two(0.5), "gold") == "+0.500 (seed spread 0.141: beyond it)"
+    """One seed has no interval: the report must not call a one-seed difference better or worse."""
+    from rmsecrets.experiments import paired_verdict, verdict_text
+    from rmsecrets.report import verdict_cell
+    one = paired_verdict([1.0], [0.5])
+    assert one["word"] == "no detectable difference" and one["lo"] is None
+    assert verdict_text(one) == "+0.500 (one seed: no interval, so no verdict)" and verdict_cell(one) == "+0.500 (one seed)"
+    two = paired_verdict([1.0, 1.2], [0.5, 0.6])                 # +0.5 and +0.6: two seeds, a wide interval
+    assert two["word"] == "no detectable difference" and two["lo"] < 0 < two["hi"]
+    assert "these seeds detect effects of about" in verdict_text(two)
 
 
 def test_the_no_kl_sentence_follows_the_numbers():
@@ -111,25 +114,19 @@ def test_the_no_kl_sentence_follows_the_numbers():
     assert over_optimisation(run(2.0, 1.8)).endswith("no over-optimisation showed in this run.")
 
 
-def test_rows_without_a_seed_count_take_it_from_the_caller():
-    from rmsecrets.report import versus_text
-    row = lambda x: {"gold": x, "gold_std": 0.0}                   # summarise_rounds' rows carry no "seeds"
-    assert versus_text(row(1.0), row(0.5), "gold", seeds=1) == "+0.500 (one seed, so no spread to judge by)"
-
-
 def test_where_metarm_stands_follows_the_numbers():
-    """The demo's verdict places MetaRM between no update and fresh labels only when fresh labels gain beyond the spread."""
+    """The demo places MetaRM between no update and fresh labels only when fresh labels are better by the paired verdict."""
+    from rmsecrets.experiments import paired_verdict
     from rmsecrets.report import between_text
-    row = lambda g: {"gold": g, "gold_std": 0.05, "seeds": 2}
     share = lambda s: [{"round": 1, "share": s, "lo": s - 0.1, "hi": s + 0.1}]
-    gain = {"fresh labels": row(2.0), "no update": row(1.0)}
-    text = between_text(gain, {"MetaRM": share(0.6), "plain update": share(0.3)}, 2)
-    assert "MetaRM sits at 0.60 (95% bootstrap interval over the 2 seeds 0.50 to 0.70, a rough one with 2 seeds)" in text
+    gain = paired_verdict([2.0, 2.1, 1.9, 2.0, 2.05], [1.0, 1.05, 0.95, 1.0, 1.0])
+    text = between_text(gain, {"MetaRM": share(0.6), "plain update": share(0.3)})
+    assert "MetaRM sits at 0.60 (95% bootstrap interval over the 5 seeds 0.50 to 0.70)" in text
     assert "the plain update at 0.30" in text and "recovers more of the fresh-label gain" in text
-    assert "overlap" not in text and "overlap" in between_text(gain, {"MetaRM": share(0.4), "plain update": share(0.3)}, 2)
-    flat = {"fresh labels": row(1.05), "no update": row(1.0)}                  # within the spread: no place to give
-    assert "not measurable" in between_text(flat, {"MetaRM": share(9.0), "plain update": share(1.0)}, 2)
-    assert "one seed" in between_text(gain, {"MetaRM": share(0.6), "plain update": share(0.3)}, 1)
+    assert "overlap" not in text and "overlap" in between_text(gain, {"MetaRM": share(0.4), "plain update": share(0.3)})
+    flat = paired_verdict([1.05, 0.95], [1.0, 1.0])                        # no detectable gain: no place to give
+    assert "not measurable" in between_text(flat, {"MetaRM": share(9.0), "plain update": share(1.0)})
+    assert "one seed" in between_text(paired_verdict([2.0], [1.0]), {"MetaRM": share(0.6), "plain update": share(0.3)})
 
 
 def test_a_folder_named_like_the_subcommand_leaves_the_settings_alone(tmp_path, monkeypatch):

@@ -40,3 +40,25 @@ def test_counts_made_in_workers_come_back_until_forgotten():
     assert parallel_map(add, [1, 2, 3, 4], workers=2) == [1, 2, 3, 4] and tally.n == 10
     forget_counter(tally)
     assert parallel_map(add, [5, 6], workers=2) == [5, 6] and tally.n == 10
+
+
+def test_the_paired_verdict():
+    """The difference seed by seed, Student's t interval under 20 seeds and a bootstrap from 20, three words, and the
+    smallest effect the seeds detect."""
+    from scipy import stats
+    from rmsecrets.experiments import paired_verdict
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.7, 0.05, 8)                                     # a seed-to-seed spread of 0.05 ...
+    v = paired_verdict(base + 0.01 + rng.normal(0, 0.002, 8), base)    # ... shared by both: +0.01 is clear
+    d = v["diff"]; half = (v["hi"] - v["lo"]) / 2
+    assert v["word"] == "better" and v["n"] == 8 and v["lo"] > 0 and abs((v["lo"] + v["hi"]) / 2 - d) < 1e-12
+    assert half == pytest.approx(stats.t.ppf(0.975, 7) * v["detectable"] / (stats.t.ppf(0.975, 7) + stats.t.ppf(0.8, 7)))
+    assert paired_verdict(base, base + 0.01)["word"] == "worse"
+    assert paired_verdict(base + 0.01, base, higher=False)["word"] == "worse"          # a loss: lower is better
+    assert paired_verdict(rng.normal(0, 1, 6))["word"] == "no detectable difference"   # noise around zero
+    many = paired_verdict(rng.normal(0.3, 0.5, 40))                                   # 40 seeds: a bootstrap interval
+    t_half = stats.t.ppf(0.975, 39) * many["detectable"] / (stats.t.ppf(0.975, 39) + stats.t.ppf(0.8, 39))
+    assert many["word"] == "better" and abs((many["hi"] - many["lo"]) / 2 - t_half) < 0.2 * t_half
+    assert paired_verdict({0: 1.0, 1: 2.0}, {1: 1.0, 0: 0.0})["diff"] == 1.0          # paired by seed, not by order
+    with pytest.raises(ValueError, match="unpaired"): paired_verdict({0: 1.0}, {1: 1.0})
+    with pytest.raises(ValueError, match="unpaired"): paired_verdict([1.0, 2.0, 3.0], [1.0, 2.0])
