@@ -18,7 +18,7 @@ import numpy as np
 from .contrastive import SHIFTED_WORLD, compare_contrastive, response_features, summarise
 from .core import Stage, write_json
 from .data import tokenize_pairs
-from .experiments import default_workers, paired_verdict
+from .experiments import default_workers
 from .iterative import IterativeConfig, compare_iterative, final_differences, recovered_share, summarise_rounds
 from .losses import LABEL_TRICKS, compare_tricks, summarise_tricks
 from .model import load_reward_model, make_reward_model, save_reward_model
@@ -172,7 +172,7 @@ def label_tricks_stage(c: DemoRun) -> dict:
     c.models["baseline"] = {("bt", r["seed"]): r["model"] for r in rows if r["method"] == "bt"}
     for (name, sd), model in c.models["baseline"].items():
         save_reward_model(model, c.tok, c.out / "label_tricks" / f"{name}-seed-{sd}")
-    return {"summary": summary, "best": best["method"], "vs_baseline": {m: paired_verdict(truth(m), truth("bt")) for m in TRICKS[1:]},
+    return {"summary": summary, "best": best["method"], "truth_by_seed": {m: truth(m) for m in TRICKS},
             "baseline": [["bt", r["seed"], r["accuracy_true"]] for r in rows if r["method"] == "bt"],
             "report": {"curves": [{"method": r["method"], "curve": r["curve"]} for r in rows]}}
 
@@ -203,7 +203,7 @@ def contrastive_stage(c: DemoRun) -> dict:
         probes[name] = r["probe"]
     truth = lambda m: {r["seed"]: r["accuracy_true"] for r in rows if r["method"] == m}   # per seed, in distribution
     return {"summary": summary, "best": best["method"], "report": {"probe": probes}, "arrays": arrays,
-            "vs_baseline": {m: paired_verdict(truth(m), truth("bt")) for m in CONTRASTIVE_VARIANTS[1:]}}
+            "truth_by_seed": {m: truth(m) for m in CONTRASTIVE_VARIANTS}}
 
 # %% ../nbs/13_demo.ipynb #9d4f0170
 DEMO_PPO = dict(lr=1e-4, kl_coef=0.2)   # the world's PPO settings: β = 0.2 (08_ppo's sweep: 0.05 over-optimises a tiny RM)
@@ -226,7 +226,7 @@ def policy_stage(c: DemoRun) -> dict:
                         c.seeds[:1], config)
     summary = summarise_ppo(runs)
     gains = {r["seed"]: r["evals"][-1]["gold"] - r["evals"][0]["gold"] for r in runs if r["name"] == "bt RM"}
-    return {"summary": summary, "gold_gain": paired_verdict(gains), "report": {
+    return {"summary": summary, "gold_gain_by_seed": gains, "report": {
         "runs": [{"name": r["name"], "evals": r["evals"]} for r in runs],
         "ppo": {k: getattr(config, k) for k in ("iterations", "kl_coef", "eval_every", "eval_prompts", "eval_k")}}}
 

@@ -107,9 +107,10 @@ def paired_verdict(a,  # a variant's values, one per seed: a list in the seeds' 
                    alpha: float = 0.05,  # 1 − the interval's coverage
                    power: float = 0.8,  # the chance of calling an effect of size `detectable`
                    bootstrap_from: int = 20,  # seeds from which the interval is a bootstrap instead of Student's t
+                   min_seeds: int = 5,  # fewer seeds than this give an interval but never "better" or "worse"
                    ) -> dict:
     """a − b over paired seeds: the mean difference, its 95% interval, the smallest effect these seeds detect, and
-    "better", "worse" or "no detectable difference"."""
+    "better", "worse" or "no detectable difference" (always the last under `min_seeds` seeds)."""
     from scipy import stats
     if isinstance(a, dict):
         if b is not None and set(a) != set(b): raise ValueError(f"unpaired seeds: {sorted(a)} against {sorted(b)}")
@@ -117,7 +118,8 @@ def paired_verdict(a,  # a variant's values, one per seed: a list in the seeds' 
     if b is not None and len(a) != len(b): raise ValueError(f"unpaired seeds: {len(a)} values against {len(b)}")
     d = np.asarray(a, np.float64) - (0.0 if b is None else np.asarray(b, np.float64))
     n, diff = len(d), float(d.mean())
-    if n < 2: return {"n": n, "diff": diff, "lo": None, "hi": None, "detectable": None, "word": "no detectable difference"}
+    if n < 2: return {"n": n, "diff": diff, "lo": None, "hi": None, "detectable": None, "word": "no detectable difference",
+                      "enough": False}
     se = float(d.std(ddof=1)) / np.sqrt(n)
     if n >= bootstrap_from:
         means = np.random.default_rng(0).choice(d, (10_000, n)).mean(1)
@@ -126,7 +128,9 @@ def paired_verdict(a,  # a variant's values, one per seed: a list in the seeds' 
         half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * se
         lo, hi = diff - half, diff + half
     up, down = ("better", "worse") if higher else ("worse", "better")
-    return {"n": n, "diff": diff, "lo": lo, "hi": hi, "word": up if lo > 0 else down if hi < 0 else "no detectable difference",
+    enough = n >= min_seeds
+    word = up if enough and lo > 0 else down if enough and hi < 0 else "no detectable difference"
+    return {"n": n, "diff": diff, "lo": lo, "hi": hi, "word": word, "enough": enough,
             "detectable": float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * se)}
 
 def verdict_text(v: dict,  # a `paired_verdict`
@@ -134,6 +138,8 @@ def verdict_text(v: dict,  # a `paired_verdict`
     """'+0.021 (95% interval +0.008 to +0.034, 5 paired seeds): better', or what one seed cannot say."""
     f = lambda x: f"{x:+.{digits}f}"
     if v["n"] < 2: return f"{f(v['diff'])} (one seed: no interval, so no verdict)"
+    if not v["enough"]:
+        return f"{f(v['diff'])} (95% interval {f(v['lo'])} to {f(v['hi'])}, {v['n']} paired seeds: too few for a verdict)"
     small = (f"; these seeds detect effects of about {v['detectable']:.{digits}f} and more"
              if v["word"] == "no detectable difference" else "")
     return f"{f(v['diff'])} (95% interval {f(v['lo'])} to {f(v['hi'])}, {v['n']} paired seeds{small}): {v['word']}"

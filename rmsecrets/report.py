@@ -39,9 +39,10 @@ def quiet_progress():
 # %% ../nbs/12b_report.ipynb #54ddbfe8
 def verdict_cell(v: dict,  # a `paired_verdict`
                  digits: int = 3) -> str:
-    """A paired verdict in a table cell: '+0.021 [+0.008, +0.034] better', or '+0.021 (one seed)'."""
+    """A paired verdict in a table cell: '+0.021 [+0.008, +0.034] better', '… (2 seeds: too few)', '+0.021 (one seed)'."""
     f = lambda x: f"{x:+.{digits}f}"
-    return f"{f(v['diff'])} (one seed)" if v["n"] < 2 else f"{f(v['diff'])} [{f(v['lo'])}, {f(v['hi'])}] {v['word']}"
+    if v["n"] < 2: return f"{f(v['diff'])} (one seed)"
+    return f"{f(v['diff'])} [{f(v['lo'])}, {f(v['hi'])}] " + (v["word"] if v["enough"] else f"({v['n']} seeds: too few)")
 
 fmt_ms = lambda r, k: f"{r[k]:.3f} ± {r[k + '_std']:.3f}"   # "mean ± std" of a `mean_std` row
 
@@ -115,6 +116,7 @@ def label_tricks_section(r: dict, c):
     from rmsecrets.losses import plot_tricks
     summary, seeds = r["summary"], c.seeds
     base, best = next(x for x in summary if x["method"] == "bt"), next(x for x in summary if x["method"] == r["best"])
+    vs = {m: paired_verdict(t, r["truth_by_seed"]["bt"]) for m, t in r["truth_by_seed"].items() if m != "bt"}   # seed by seed
     yield ("## 4. Label flipping, smoothing and the adaptive margin\n\nEach method trained on the noisy "
            f"labels annotated in stage 3 ({c.scale.rm_epochs} epochs, seeds {', '.join(map(str, seeds))}), "
            "evaluated on the validation pairs against their noisy labels, the truth, and the pairs where the two agree "
@@ -122,10 +124,10 @@ def label_tricks_section(r: dict, c):
            "the verdict):\n\n" + table(
                [{"method": x["method"], "noisy labels": fmt_ms(x, "accuracy"), "truth": fmt_ms(x, "accuracy_true"),
                  "agreeing pairs": fmt_ms(x, "accuracy_agree"),
-                 "truth vs baseline": "—" if x is base else verdict_cell(r["vs_baseline"][x["method"]])} for x in summary])
+                 "truth vs baseline": "—" if x is base else verdict_cell(vs[x["method"]])} for x in summary])
            + f"\n\nThe best repair on average, **{best['method']}**, against the baseline on the truth: "
-           f"{verdict_text(v := r['vs_baseline'][best['method']])}"
-           + (" (picked as the best of four, so its interval is a little optimistic)." if v["n"] > 1 else "."))
+           f"{verdict_text(v := vs[best['method']])}"
+           + (" (picked as the best of four, so its interval is a little optimistic)." if v["enough"] else "."))
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.2)); plot_tricks(r["report"]["curves"], axes); plt.tight_layout()
     yield fig, "label_tricks", "Validation accuracy along training, mean over seeds, for each method"
 
@@ -136,6 +138,7 @@ def contrastive_section(r: dict, c):
     from rmsecrets.contrastive import plot_features
     summary, seeds = r["summary"], c.seeds
     base, best = summary[0], next(x for x in summary if x["method"] == r["best"])
+    vs = {m: paired_verdict(t, r["truth_by_seed"]["bt"]) for m, t in r["truth_by_seed"].items() if m != "bt"}   # seed by seed
     yield ("## 5. Contrastive learning: SimCSE and SwAV\n\nThe reward loss on two dropout views plus β times a "
            f"contrastive loss on the features ({c.scale.rm_epochs} epochs, seeds {', '.join(map(str, seeds))}; "
            "`06_contrastive` adds a third seed and the dropout-only control). Accuracy against the truth on the "
@@ -143,11 +146,11 @@ def contrastive_section(r: dict, c):
            "linear probe telling the better response from the worse by its features alone (mean ± seed-to-seed std; "
            "against the baseline seed by seed in distribution, Δ of the means on the shifted world; the baseline is "
            "stage 4's bt runs, reused: the same models, seeds and data order):\n\n" + table(
-               [{"method": x["method"], "truth": fmt_ms(x, "accuracy_true"), "truth vs baseline": "—" if x is base else verdict_cell(r["vs_baseline"][x["method"]]),
+               [{"method": x["method"], "truth": fmt_ms(x, "accuracy_true"), "truth vs baseline": "—" if x is base else verdict_cell(vs[x["method"]]),
                  "shifted world": fmt_ms(x, "accuracy_shift"), "Δ shifted": f"{x['accuracy_shift_vs_bt']:+.3f}",
                  "probe": fmt_ms(x, "probe")} for x in summary])
            + f"\n\nThe best variant in distribution on average, **{best['method']}**, against the baseline: "
-           f"{verdict_text(r['vs_baseline'][best['method']])}.")
+           f"{verdict_text(vs[best['method']])}.")
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     for ax, name in zip(axes, ("bt", best["method"])):
         plot_features(r["arrays"][f"{name}/better"], r["arrays"][f"{name}/worse"], ax=ax,
@@ -168,7 +171,7 @@ def policy_section(r: dict, c):
     import matplotlib.pyplot as plt
     from rmsecrets.ppo import plot_ppo
     p, summary = r["report"]["ppo"], r["summary"]
-    bt, nokl = summary[0], next(x for x in summary if x["name"] == "bt RM, no KL")
+    nokl = next(x for x in summary if x["name"] == "bt RM, no KL")
     yield ("## 6. The policy: SFT and PPO-max\n\nA tiny causal LM fine-tuned on the world's demonstrations, then "
            f"PPO-max for {p['iterations']} iterations (β = {p['kl_coef']}, seeds {', '.join(map(str, c.seeds))}) on the "
            "stage-2 reward model, on one trained with the adaptive margin, and once with the KL penalty off. "
@@ -181,7 +184,7 @@ def policy_section(r: dict, c):
                  "spread: SFT → end": f"{x['spread_start']:.3f} → {x['spread']:.3f}",
                  "length: SFT → end": f"{x['length_start']:.1f} → {x['length']:.1f}"} for x in summary])
            + f"\n\nPPO on the baseline reward model, gold reward at the end minus the SFT policy's: "
-           f"{verdict_text(r['gold_gain'], 2)}. " + over_optimisation(nokl))
+           f"{verdict_text(paired_verdict(r['gold_gain_by_seed']), 2)}. " + over_optimisation(nokl))
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.3)); plot_ppo(r["report"]["runs"], axes); plt.tight_layout()
     yield fig, "ppo", "PPO-max: gold and proxy reward, KL to the SFT policy, and the reward spread among samples"
 

@@ -60,5 +60,8 @@ def test_the_paired_verdict():
     t_half = stats.t.ppf(0.975, 39) * many["detectable"] / (stats.t.ppf(0.975, 39) + stats.t.ppf(0.8, 39))
     assert many["word"] == "better" and abs((many["hi"] - many["lo"]) / 2 - t_half) < 0.2 * t_half
     assert paired_verdict({0: 1.0, 1: 2.0}, {1: 1.0, 0: 0.0})["diff"] == 1.0          # paired by seed, not by order
+    agree = paired_verdict([0.75, 0.5], [0.5, 0.25])                                   # two seeds that agree exactly
+    assert agree["lo"] == agree["hi"] == 0.25 and agree["word"] == "no detectable difference" and not agree["enough"]
+    assert paired_verdict([0.75, 0.5], [0.5, 0.25], min_seeds=2)["word"] == "better"
     with pytest.raises(ValueError, match="unpaired"): paired_verdict({0: 1.0}, {1: 1.0})
     with pytest.raises(ValueError, match="unpaired"): paired_verdict([1.0, 2.0, 3.0], [1.0, 2.0])
