@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['fmt_ms', 'PAPER_STRENGTH', 'STRENGTH_KEYS', 'DEMO_SECTIONS', 'PUBLISHED', 'HH_SECTIONS', 'Report', 'quiet_progress',
-           'verdict_cell', 'world_section', 'reward_model_section', 'strength_section', 'label_tricks_section',
-           'contrastive_section', 'over_optimisation', 'policy_section', 'between_text', 'iterative_section',
-           'cost_section', 'add_sections', 'demo_report', 'data_section', 'reward_models_section',
+           'verdict_cell', 'against_baseline', 'world_section', 'reward_model_section', 'strength_section',
+           'label_tricks_section', 'contrastive_section', 'over_optimisation', 'policy_section', 'between_text',
+           'iterative_section', 'cost_section', 'add_sections', 'demo_report', 'data_section', 'reward_models_section',
            'hh_strength_section', 'hh_tricks_section', 'sft_section', 'ppo_section', 'metarm_round_section',
            'section_text', 'hh_report']
 
@@ -43,6 +43,12 @@ def verdict_cell(v: dict,  # a `paired_verdict`
     f = lambda x: f"{x:+.{digits}f}"
     if v["n"] < 2: return f"{f(v['diff'])} (one seed)"
     return f"{f(v['diff'])} [{f(v['lo'])}, {f(v['hi'])}] " + (v["word"] if v["enough"] else f"({v['n']} seeds: too few)")
+
+def against_baseline(by_seed: dict,  # method -> {seed: value}
+                     base: str,  # the baseline's method
+                     ) -> dict:
+    """Each other method's `paired_verdict` against the baseline, paired by seed."""
+    return {m: paired_verdict(v, by_seed[base]) for m, v in by_seed.items() if m != base}
 
 fmt_ms = lambda r, k: f"{r[k]:.3f} ± {r[k + '_std']:.3f}"   # "mean ± std" of a `mean_std` row
 
@@ -116,7 +122,7 @@ def label_tricks_section(r: dict, c):
     from rmsecrets.losses import plot_tricks
     summary, seeds = r["summary"], c.seeds
     base, best = next(x for x in summary if x["method"] == "bt"), next(x for x in summary if x["method"] == r["best"])
-    vs = {m: paired_verdict(t, r["truth_by_seed"]["bt"]) for m, t in r["truth_by_seed"].items() if m != "bt"}   # seed by seed
+    vs = against_baseline(r["truth_by_seed"], "bt")
     yield ("## 4. Label flipping, smoothing and the adaptive margin\n\nEach method trained on the noisy "
            f"labels annotated in stage 3 ({c.scale.rm_epochs} epochs, seeds {', '.join(map(str, seeds))}), "
            "evaluated on the validation pairs against their noisy labels, the truth, and the pairs where the two agree "
@@ -138,7 +144,7 @@ def contrastive_section(r: dict, c):
     from rmsecrets.contrastive import plot_features
     summary, seeds = r["summary"], c.seeds
     base, best = summary[0], next(x for x in summary if x["method"] == r["best"])
-    vs = {m: paired_verdict(t, r["truth_by_seed"]["bt"]) for m, t in r["truth_by_seed"].items() if m != "bt"}   # seed by seed
+    vs = against_baseline(r["truth_by_seed"], "bt")
     yield ("## 5. Contrastive learning: SimCSE and SwAV\n\nThe reward loss on two dropout views plus β times a "
            f"contrastive loss on the features ({c.scale.rm_epochs} epochs, seeds {', '.join(map(str, seeds))}; "
            "`06_contrastive` adds a third seed and the dropout-only control). Accuracy against the truth on the "
@@ -150,7 +156,8 @@ def contrastive_section(r: dict, c):
                  "shifted world": fmt_ms(x, "accuracy_shift"), "Δ shifted": f"{x['accuracy_shift_vs_bt']:+.3f}",
                  "probe": fmt_ms(x, "probe")} for x in summary])
            + f"\n\nThe best variant in distribution on average, **{best['method']}**, against the baseline: "
-           f"{verdict_text(vs[best['method']])}.")
+           f"{verdict_text(v := vs[best['method']])}"
+           + (" (picked as the best of four, so its interval is a little optimistic)." if v["enough"] else "."))
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     for ax, name in zip(axes, ("bt", best["method"])):
         plot_features(r["arrays"][f"{name}/better"], r["arrays"][f"{name}/worse"], ax=ax,
@@ -199,9 +206,8 @@ def between_text(fresh: dict,  # `paired_verdict` of fresh labels against no upd
     if fresh["word"] != "better":
         return head + ("Fresh labels are not detectably better than no update, so MetaRM's place between them is not "
                        "measurable with these seeds." if seeds >= 2 else "With one seed there is nothing to place it by.")
-    rough = f", a rough one with {seeds} seeds" if seeds < 5 else ""
     return head + (f"On a scale from no update (0) to fresh labels (1), MetaRM sits at {m['share']:.2f} (95% bootstrap "
-                   f"interval over the {seeds} seeds {m['lo']:.2f} to {m['hi']:.2f}{rough}) and the plain update at "
+                   f"interval over the {seeds} seeds {m['lo']:.2f} to {m['hi']:.2f}) and the plain update at "
                    f"{p['share']:.2f} ({p['lo']:.2f} to {p['hi']:.2f}): MetaRM recovers "
                    f"{'more' if m['share'] > p['share'] else 'less'} of the fresh-label gain than another epoch on the old "
                    f"pairs does{', with intervals that overlap' if m['lo'] <= p['hi'] and p['lo'] <= m['hi'] else ''}.")
@@ -312,9 +318,10 @@ def hh_strength_section(st: dict, c):
 def hh_tricks_section(r: dict, c):
     """Stage 4's: each method's accuracy on half B over seeds, against the baseline."""
     base = r["summary"][0]
-    acc = lambda m: {x["seed"]: x["accuracy"] for x in r["runs"] if x["method"] == m}   # per seed
+    vs = against_baseline({m: {x["seed"]: x["accuracy"] for x in r["runs"] if x["method"] == m}
+                           for m in dict.fromkeys(x["method"] for x in r["runs"])}, base["method"])
     rows = [{"method": x["method"], "seeds": x["seeds"], "accuracy": fmt_ms(x, "accuracy"),
-             "vs baseline": "—" if x is base else verdict_cell(paired_verdict(acc(x["method"]), acc(base["method"])))}
+             "vs baseline": "—" if x is base else verdict_cell(vs[x["method"]])}
             for x in r["summary"]]
     yield ("## 4. Label tricks and contrastive learning\n\nEach method trains the same LoRA reward model on half A "
            "(with μ̂ from stage 3) and is tested on half B; mean ± std over seeds, and each method against the baseline seed by seed (the baseline's first seed is stage 2's proxy):\n\n"
