@@ -159,10 +159,10 @@ def strength_stage(c: DemoRun) -> dict:
             "arrays": {k: np.asarray(annotated["in_sample"][k]) for k in ("strength_mean", "strength_std", "label_is_wrong")}}
 
 # %% ../nbs/13_demo.ipynb #102370e7
-TRICKS = ("bt", "flip", "margin", "flip+margin", "soft+margin")   # stage 4's methods, the baseline first
+TRICKS = ("bt", "flip", "smooth", "margin", "flip+margin", "soft+margin")   # stage 4's methods, the baseline first
 
 def label_tricks_stage(c: DemoRun) -> dict:
-    """Stage 4: Baseline, Flip, Margin, Flip+Margin and Soft+Margin on the noisy world, several seeds; the baseline's
+    """Stage 4: Baseline, Flip, Smooth, Margin, Flip+Margin and Soft+Margin on the noisy world, several seeds; the baseline's
     models are kept for stage 5."""
     config = replace(WORLD_TRAIN, epochs=c.scale.rm_epochs, eval_every=50)
     rows = compare_tricks(c.annotated, c.va, c.tok, TRICKS, c.seeds, config, keep_models=True, workers=c.scale.workers)

@@ -270,6 +270,10 @@ def demo_report(results: dict, c, clock) -> Report:
     report = Report(c.out, "rmsecrets demo: reward modeling on a world with a known truth")
     report.add(f"Command: `{c.command}`" + (f"; independent runs shared among {c.scale.workers} processes of one thread each"
                                            if c.scale.workers > 1 else ""))
+    report.add(f"Every comparison pairs the seeds: both sides share each seed's data order and initialisation. This run "
+               f"has {c.scale.seeds} seed{'s' if c.scale.seeds > 1 else ''} per comparison: each difference below comes "
+               "with its 95% interval, but better or worse needs five seeds at least, so fewer leave every difference undecided. "
+               "The claims ledger (`rmsecrets ledger`, lesson `13d_ledger`) judges the paper's claims on five worlds.")
     add_sections(report, DEMO_SECTIONS, results, c)
     report.add(cost_section(clock, f"Total time: {round(sum(clock.seconds.values()), 1)} s. Each stage's seconds, the FLOPs "
                "its models computed (`rmsecrets.scale.FlopMeter`: every linear layer and attention product, training counted "

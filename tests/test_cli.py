@@ -15,7 +15,7 @@ def test_help_lists_every_stage(capsys):
     with pytest.raises(SystemExit) as done: cli("--help")
     out = capsys.readouterr().out
     assert done.value.code == 0
-    for command in ("world", "train-rm", "eval-rm", "strength", "sft", "ppo", "metarm", "iterate", "config", "demo"):
+    for command in ("world", "train-rm", "eval-rm", "strength", "sft", "ppo", "metarm", "iterate", "config", "demo", "ledger"):
         assert command in out
 
 

@@ -35,7 +35,7 @@ def imports_of(module: str) -> set[str]:
 
 def test_no_module_imports_from_a_later_notebook():
     order = notebook_order()
-    assert order[:5] == ["core", "world", "experiments", "data", "model"] and order[-6:] == ["stages", "report", "demo", "hh", "hh_demo", "cli"]
+    assert order[:5] == ["core", "world", "experiments", "data", "model"] and order[-7:] == ["stages", "report", "demo", "hh", "hh_demo", "ledger", "cli"]
     upward = {m: sorted(d for d in imports_of(m) if d in order and order.index(d) > order.index(m)) for m in order}
     assert not any(upward.values()), {m: d for m, d in upward.items() if d}
 
