@@ -133,7 +133,7 @@ def label_tricks_section(r: dict, c):
                  "truth vs baseline": "—" if x is base else verdict_cell(vs[x["method"]])} for x in summary])
            + f"\n\nThe best repair on average, **{best['method']}**, against the baseline on the truth: "
            f"{verdict_text(v := vs[best['method']])}"
-           + (" (picked as the best of four, so its interval is a little optimistic)." if v["enough"] else "."))
+           + (f" (picked as the best of {len(summary) - 1}, so its interval is a little optimistic)." if v["enough"] else "."))
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.2)); plot_tricks(r["report"]["curves"], axes); plt.tight_layout()
     yield fig, "label_tricks", "Validation accuracy along training, mean over seeds, for each method"
 
@@ -157,7 +157,7 @@ def contrastive_section(r: dict, c):
                  "probe": fmt_ms(x, "probe")} for x in summary])
            + f"\n\nThe best variant in distribution on average, **{best['method']}**, against the baseline: "
            f"{verdict_text(v := vs[best['method']])}"
-           + (" (picked as the best of four, so its interval is a little optimistic)." if v["enough"] else "."))
+           + (f" (picked as the best of {len(summary) - 1}, so its interval is a little optimistic)." if v["enough"] else "."))
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     for ax, name in zip(axes, ("bt", best["method"])):
         plot_features(r["arrays"][f"{name}/better"], r["arrays"][f"{name}/worse"], ax=ax,
