@@ -7,7 +7,7 @@ __all__ = ['TRICK_NAMES', 'CLAIMS', 'HOLDS', 'START', 'END', 'ledger_scale', 'si
            'run_ledger', 'Claim', 'contrast', 'judge', 'ledger_markdown', 'load_runs', 'page_cells', 'write_ledger',
            'check_ledger']
 
-# %% ../nbs/13d_ledger.ipynb #a630d11e
+# %% ../nbs/13d_ledger.ipynb #c5bf770c
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,13 +17,13 @@ import numpy as np
 from .core import write_json, write_text
 from .experiments import paired_verdict
 
-# %% ../nbs/13d_ledger.ipynb #99af7990
+# %% ../nbs/13d_ledger.ipynb #d0deb433
 def ledger_scale():
     """The demo's full scale with one seed per world: the ledger's seeds are worlds."""
     from rmsecrets.demo import DEMO_SCALES
     return replace(DEMO_SCALES["full"], seeds=1)
 
-# %% ../nbs/13d_ledger.ipynb #56f4df17
+# %% ../nbs/13d_ledger.ipynb #5c866669
 def sigma_groups(mean: np.ndarray, std: np.ndarray, groups: int = 20) -> np.ndarray:
     """Mean σ̂ over `groups` equal groups of pairs sorted by μ̂, weakest first (the paper's U-shape plot)."""
     return np.array([g.mean() for g in np.array_split(np.asarray(std)[np.argsort(mean, kind="mergesort")], groups)])
@@ -57,7 +57,7 @@ def measure(run: str | Path) -> dict:
             **{f"{mode}/{k}": v for mode in ("in_sample", "out_of_fold") for k, v in m["strength"][mode].items()},
             **{f"decile/{g}": acc for g, acc in decile.items()}}
 
-# %% ../nbs/13d_ledger.ipynb #4e6b3c17
+# %% ../nbs/13d_ledger.ipynb #0d70447c
 def reduction_order(workers: int = 0) -> dict:
     """What decides a run's float reduction order: the CPU, the kernels' instruction set, the threads and the workers."""
     import torch
@@ -83,9 +83,10 @@ def run_ledger(runs: str | Path = "ledger-runs",  # one demo folder per world: r
     write_json(Path(results) if results else runs / "ledger.json", out)
     return out
 
-# %% ../nbs/13d_ledger.ipynb #a903bbef
+# %% ../nbs/13d_ledger.ipynb #f869231c
 @dataclass(frozen=True)
 class Claim:
+    """One claim of the paper and the contrast a − b over paired seeds that measures it here."""
     paper: str                 # the paper's statement, its numbers marked as quotes
     section: str               # where in the paper
     lesson: str                # where the course teaches and measures it
@@ -132,7 +133,7 @@ CLAIMS = [
           "no_kl_gold", "no_kl_gold_start", -1, "β = 0, 50 iterations"),
 ]
 
-# %% ../nbs/13d_ledger.ipynb #418f4a66
+# %% ../nbs/13d_ledger.ipynb #346c3075
 HOLDS = {(+1, "better"): "yes", (-1, "worse"): "yes", (+1, "worse"): "no, the opposite", (-1, "better"): "no, the opposite"}
 
 def contrast(claim: Claim, seeds: dict) -> tuple[list, list | None]:
@@ -150,7 +151,7 @@ def judge(claim: Claim, runs: list[dict]) -> dict:
     holds = "—" if claim.direction == 0 else HOLDS.get((claim.direction, word), "not shown")
     return {"claim": claim, **verdicts[0], "words": words, "verdict": word, "holds": holds}
 
-# %% ../nbs/13d_ledger.ipynb #3253173b
+# %% ../nbs/13d_ledger.ipynb #3126b255
 START, END = "<!-- ledger: written by `rmsecrets ledger write` from the stored results; do not edit -->", "<!-- ledger end -->"
 
 def _num(x: float, digits: int = 3) -> str: return f"{x:+.{digits}f}".replace("-", "−")
@@ -191,7 +192,7 @@ def _replace_block(text: str, block: str, where: str) -> str:
     if text.count(START) != 1 or text.count(END) != 1: raise ValueError(f"{where}: no single ledger block between {START!r} and {END!r}")
     return text[:text.index(START)] + block + text[text.index(END) + len(END):]
 
-# %% ../nbs/13d_ledger.ipynb #440a0ae6
+# %% ../nbs/13d_ledger.ipynb #5b01d2f6
 def page_cells(page: Path) -> tuple[dict, int]:
     """The ledger's lesson and the index of the Markdown cell that holds the block."""
     nb = json.loads(Path(page).read_text())
