@@ -265,6 +265,7 @@ def compare_contrastive(train: Dataset,  # tokenised training pairs (with streng
                         keep_models: bool = False,  # keep each variant's first-seed model in its row
                         trained: dict | None = None,  # (name, seed) -> (model, accuracy_true on `valid`): runs done elsewhere
                         workers: int = 1,  # processes the runs are shared among (`experiments.parallel_map`)
+                        out_dir=None,  # each run's row kept in out_dir/<method>/seed_<s>.json; a rerun loads it (`run_grid`)
                         ) -> list[dict]:
     """Train every variant with every seed; accuracy in and out of distribution and the probe's separation."""
     config = config or WORLD_TRAIN
@@ -281,7 +282,8 @@ def compare_contrastive(train: Dataset,  # tokenised training pairs (with streng
                 **({"model": model} if keep_models and seed == seeds[0] else {})}
     variants = {name: (losses or {}).get(name) or (base if name == "bt" else replace(CONTRASTIVE[name], base=base))
                 for name in names}
-    return run_grid(variants, seeds, run, workers=workers)
+    if keep_models and out_dir is not None: raise ValueError("keep_models: a kept run (out_dir) holds numbers, not models")
+    return run_grid(variants, seeds, run, workers=workers, out_dir=out_dir)
 
 def summarise(rows: list[dict], keys: tuple = ("accuracy_true", "accuracy_shift", "probe")) -> list[dict]:
     """Mean and seed-to-seed std of each method's metrics, with the difference to the first method's mean."""

@@ -7,11 +7,11 @@ __all__ = ['GOLD_PARTS', 'RM_UPDATES', 'KL_REFERENCES', 'ROUND_DIAGNOSTICS', 'HH
            'part_sensitivity', 'rm_diagnostics', 'IterativeConfig', 'IterativeResult', 'world_pairs', 'with_fresh',
            'same_attention', 'kl_to', 'round_samples', 'update_reward_model', 'load_round', 'keep_round', 'iterate',
            'compare_iterative', 'round_values', 'summarise_rounds', 'paired_rounds', 'recovered_share', 'part_rounds',
-           'plot_parts', 'plot_rounds', 'plot_differences', 'final_differences', 'hh_metarm_round_stage']
+           'plot_parts', 'plot_rounds', 'rounds_table', 'plot_differences', 'final_differences',
+           'hh_metarm_round_stage']
 
 # %% ../nbs/10_iterative.ipynb #80e1a913
 import copy
-import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,7 +22,7 @@ from datasets import Dataset, concatenate_datasets
 
 from .core import Stage, child_seed, load_results, process_state, save_results, seeded
 from .data import tokenize_pairs
-from .experiments import run_grid
+from .experiments import paired_verdict, run_grid, slug, table
 from .metarm import MetaRM, meta_batch, normalised_differences, ranking_accuracy
 from .model import attn_implementation, load_reward_model, save_reward_model
 from .policy import HH_SFT, Samples, gold_scores, judge_fn, load_policy, proxy_scores, reward_spread, sample, win_rate
@@ -282,7 +282,6 @@ def compare_iterative(sft_policy, reward_model, tokenizer, pairs, prompts: list,
                       out_dir: str | Path | None = None,  # each run's rounds in out_dir/<update>/seed_<s>: a rerun resumes
                       **kwargs) -> list[dict]:
     """`iterate` for every update and seed from the same start; one row per run (the result object under "result")."""
-    slug = lambda name: re.sub(r"[^A-Za-z0-9.=-]+", "_", name).strip("_")
     def run(name, overrides, seed):
         where = Path(out_dir) / slug(name) / f"seed_{seed}" if out_dir is not None else None
         res = iterate(sft_policy, reward_model, tokenizer, pairs, prompts, replace(config, seed=seed, **overrides),
@@ -320,18 +319,15 @@ def summarise_rounds(runs: list[dict]) -> list[dict]:
     return out
 
 # %% ../nbs/10_iterative.ipynb #4af83706
-def paired_rounds(runs: list[dict], a: str, b: str, key: str = "gold",
-                  n_boot: int = 10000, seed: int = 0) -> list[dict]:
-    """Per round, update `a` minus update `b` on `key`, paired by seed: the mean difference, a 95% bootstrap interval
-    over seeds, and in how many seeds `a` is ahead."""
+def paired_rounds(runs: list[dict], a: str, b: str, key: str = "gold") -> list[dict]:
+    """Per round, update `a` minus update `b` on `key`, paired by seed: `paired_verdict`'s difference, 95% interval and
+    word, and in how many seeds `a` is ahead."""
     by = lambda name: {r["seed"]: np.array(round_values(r, key), dtype=float) for r in runs if r["name"] == name}
     A, B = by(a), by(b)
     seeds = sorted(set(A) & set(B))
-    d = np.stack([A[s] - B[s] for s in seeds])                                        # [seeds, rounds + 1]
-    boot = d[np.random.default_rng(seed).integers(len(seeds), size=(n_boot, len(seeds)))].mean(1)
-    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
-    return [{"round": i, "diff": float(d[:, i].mean()), "lo": float(lo[i]), "hi": float(hi[i]),
-             "ahead": int((d[:, i] > 0).sum()), "seeds": len(seeds)} for i in range(1, d.shape[1])]
+    return [{"round": i, **paired_verdict({s: A[s][i] for s in seeds}, {s: B[s][i] for s in seeds}),
+             "ahead": int(sum(A[s][i] > B[s][i] for s in seeds)), "seeds": len(seeds)}
+            for i in range(1, len(A[seeds[0]]))]
 
 def recovered_share(runs: list[dict], update: str, low: str = "no update", high: str = "fresh labels",
                     key: str = "gold", n_boot: int = 10000, seed: int = 0) -> list[dict]:
@@ -400,6 +396,23 @@ def plot_rounds(runs: list[dict], ax=None, key: str = "gold"):
     ax.set_xticks(sorted({r["round"] for r in summary}))
     ax.set_xlabel("round (0: SFT)"); ax.set_ylabel({"gold": "gold reward r*"}.get(key, key)); ax.legend(fontsize=8)
     return ax
+
+def rounds_table(runs: list[dict], digits: int = 3) -> str:
+    """A Markdown table: the gold reward after each round (0: SFT) per update, mean ± seed-to-seed std, then the
+    reward model's ranking accuracy against the gold reward and the policy's KL to SFT in rounds 1 to R, and the
+    validation accuracy after the last round."""
+    summary = summarise_rounds(runs)
+    names = list(dict.fromkeys(r["update"] for r in summary))
+    rows = lambda name, k: [r[k] for r in summary if r["update"] == name and k in r]
+    R = max(r["round"] for r in summary)
+    out = [[f"{i} (SFT)" if i == 0 else str(i), *(f"{r['gold']:.{digits}f} ± {r['gold_std']:.{digits}f}" for name in names
+                                                 for r in summary if r["update"] == name and r["round"] == i)] for i in range(R + 1)]
+    for k, label, d in (("ranking_vs_gold", f"ranking vs gold, rounds 1–{R}", 2), ("kl_sft", f"KL to SFT, rounds 1–{R}", 1)):
+        if all(rows(name, k) for name in names):
+            out.append([label, *(", ".join(f"{v:.{d}f}" for v in rows(name, k)) for name in names)])
+    if all(rows(name, "validation_accuracy") for name in names):
+        out.append([f"validation accuracy, round {R}", *(f"{rows(name, 'validation_accuracy')[-1]:.3f}" for name in names)])
+    return table(out, header=["round", *names])
 
 def plot_differences(differences: dict,  # name -> normalised |Δr| (`normalised_differences`)
                      ax=None):

@@ -112,6 +112,7 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
                    tricks: dict | None = None,  # name -> LabelTrick, for variants not in LABEL_TRICKS (e.g. an α sweep)
                    keep_models: bool = False,  # keep each run's trained model in its row (under "model")
                    workers: int = 1,  # processes the runs are shared among (`experiments.parallel_map`)
+                   out_dir=None,  # each run's row kept in out_dir/<method>/seed_<s>.json; a rerun loads it (`run_grid`)
                    ) -> list[dict]:
     """Train every method with every seed; one row each with the final metrics and the learning curve."""
     config = config or replace(WORLD_TRAIN, eval_every=25)
@@ -123,8 +124,9 @@ def compare_tricks(train: Dataset,  # tokenised, annotated training pairs (stren
         train_loss = [h["loss"] for h in res.history if "loss" in h and "event" not in h][-1]   # the method's own loss
         return {**{k: res.metrics[k] for k in ("accuracy", "accuracy_true", "accuracy_agree")}, "train_loss": train_loss,
                 "curve": curve, **({"model": res.model} if keep_models else {})}
+    if keep_models and out_dir is not None: raise ValueError("keep_models: a kept run (out_dir) holds numbers, not models")
     return run_grid({name: (tricks or {}).get(name) or LABEL_TRICKS[name] for name in names}, seeds, run,
-                    workers=workers)
+                    workers=workers, out_dir=out_dir)
 
 def summarise_tricks(rows: list[dict]) -> list[dict]:
     """Mean and seed-to-seed std of each method's final accuracies."""
@@ -153,21 +155,26 @@ def noise_sweep(rates: tuple = (0.0, 0.1, 0.2, 0.3, 0.4),  # injected wrong-labe
                 world: WorldConfig = WorldConfig(n_train=2000, n_test=10, beta=1000.0),  # β large: no annotator noise
                 strength=None,  # StrengthConfig for the vote (default: five voters)
                 config=None,  # TrainConfig of the methods (default: compare_tricks')
+                workers: int = 1,  # processes the voters and the runs are shared among
+                out_dir=None,  # out_dir/rate-<rate>/: the vote and each run, kept; a rerun loads them
                 ) -> list[dict]:
     """Every method on worlds of increasing label noise; one row per (rate, method, seed) with the realised error rate."""
+    from pathlib import Path
     from rmsecrets.data import tokenize_pairs
     from rmsecrets.strength import StrengthConfig, annotate, vote
     from rmsecrets.world import make_tokenizer, make_world
     tricks = tricks or {"bt": LABEL_TRICKS["bt"], "flip 10%": LabelTrick(flip=True), "flip 20%": LabelTrick(flip=True, flip_fraction=0.2),
                         "margin": LABEL_TRICKS["margin"], "flip+margin": LABEL_TRICKS["flip+margin"]}
-    strength = strength or StrengthConfig(n_voters=5)
+    strength = replace(strength or StrengthConfig(n_voters=5), workers=workers)
     tok, rows = make_tokenizer(), []
     for rate in rates:
         w = make_world(replace(world, wrong_label_rate=rate))
         tr, va = (tokenize_pairs(w[s], tok, max_length=strength.train.max_length) for s in ("train", "validation"))
         wrong = float(np.mean(tr["label_is_wrong"]))
-        tr = annotate(tr, vote(tr, tok, strength))
-        for r in compare_tricks(tr, va, tok, names=tuple(tricks), seeds=seeds, config=config, tricks=tricks):
+        where = Path(out_dir) / f"rate-{rate}" if out_dir is not None else None
+        tr = annotate(tr, vote(tr, tok, strength, out_dir=where))
+        for r in compare_tricks(tr, va, tok, names=tuple(tricks), seeds=seeds, config=config, tricks=tricks, workers=workers,
+                                out_dir=where):
             rows.append({"rate": rate, "wrong_share": wrong, **r})
     return rows
 

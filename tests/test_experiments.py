@@ -4,17 +4,34 @@ import pytest
 import torch
 
 from rmsecrets.core import seeded
-from rmsecrets.experiments import count_across_workers, forget_counter, mean_std, parallel_map, run_grid, versus
+from rmsecrets.experiments import against, count_across_workers, forget_counter, mean_std, parallel_map, run_grid
 
 
-def test_the_harness_runs_variants_by_seeds_and_judges_against_the_spread():
+def test_the_harness_runs_variants_by_seeds_and_judges_them_paired_by_seed():
     rows = run_grid({"base": 0.0, "better": 1.0}, (0, 1, 2), lambda name, v, seed: {"acc": v + 0.1 * seed})
     assert [(r["method"], r["seed"]) for r in rows][:3] == [("base", 0), ("base", 1), ("base", 2)]
     base, better = mean_std(rows, ("acc",), vs_first=True)
     assert better["acc"] == pytest.approx(1.1) and better["acc_std"] == pytest.approx(np.std([1.0, 1.1, 1.2]))
     assert better["acc_vs_base"] == pytest.approx(1.0) and better["seeds"] == 3
-    assert versus(better, base, "acc")["beyond"] and not versus(base, base, "acc")["beyond"]
+    v = against(rows, "acc", "base")["better"]
+    assert v["diff"] == pytest.approx(1.0) and v["n"] == 3 and v["word"] == "no detectable difference"   # 3 seeds: too few
+    five = run_grid({"base": 0.0, "better": 0.01}, range(5), lambda name, v, seed: {"acc": v + 0.1 * seed + 0.001 * (seed % 2) * (name == "better")})
+    assert against(five, "acc", "base")["better"]["word"] == "better"      # +0.01 over a 0.4 spread, paired by seed
     assert "seed" not in run_grid({"g": 1}, (0,), lambda *a: {}, seed_key=None)[0]
+
+
+def test_a_grid_with_out_dir_keeps_its_runs_and_a_rerun_loads_them(tmp_path):
+    calls = []
+    def run(name, v, seed): calls.append((name, seed)); return {"acc": v + seed, "curve": [{"step": 1, "acc": v}]}
+    first = run_grid({"bt": 0.5, "flip + margin": 0.7}, (0, 1), run, out_dir=tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")) == [
+        "bt/seed_0.json", "bt/seed_1.json", "flip_margin/seed_0.json", "flip_margin/seed_1.json"]
+    (tmp_path / "bt" / "seed_1.json").unlink()                               # killed before that run ended
+    assert run_grid({"bt": 0.5, "flip + margin": 0.7}, (0, 1), run, out_dir=tmp_path, workers=2) == first
+    assert calls == [("bt", 0), ("bt", 1), ("flip + margin", 0), ("flip + margin", 1)]   # the rerun ran in a worker...
+    assert (tmp_path / "bt" / "seed_1.json").exists()                        # ... and kept the run it made again
+    with pytest.raises(TypeError, match="'m' seed 0"):
+        run_grid({"m": 1}, (0,), lambda *a: {"model": object()}, out_dir=tmp_path / "models")
 
 
 def _fit(name, lr, seed):

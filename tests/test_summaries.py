@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from rmsecrets.experiments import mean_std, versus
+from rmsecrets.experiments import against, mean_std
 from rmsecrets.iterative import summarise_rounds
 from rmsecrets.losses import summarise_tricks
 from rmsecrets.ppo import summarise_ppo
@@ -11,14 +11,17 @@ from rmsecrets.ppo import summarise_ppo
 pstd = lambda *v: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v))   # the population std, by hand
 
 
-def test_mean_std_and_versus_by_hand():
+def test_mean_std_and_the_paired_verdict_by_hand():
     rows = [{"method": "a", "x": 1.0}, {"method": "b", "x": 10.0}, {"method": "a", "x": 3.0}, {"method": "b", "x": 14.0}]
     a, b = mean_std(rows, ("x",), vs_first=True)
     assert (a["method"], a["seeds"], a["x"], a["x_std"]) == ("a", 2, 2.0, 1.0)
     assert (b["x"], b["x_std"], b["x_vs_a"]) == (12.0, 2.0, 10.0)
-    v = versus(b, a, "x")
-    assert v["diff"] == 10.0 and v["spread"] == pytest.approx(math.sqrt(5)) and v["beyond"]
-    assert not versus({"x": 1.0, "x_std": 3.0}, {"x": 0.0, "x_std": 4.0}, "x")["beyond"]   # 1 against a spread of 5
+    rows = [{"method": m, "seed": s, "x": x} for m, xs in (("a", (1.0, 3.0, 2.0, 4.0, 5.0)), ("b", (2.0, 3.5, 3.0, 4.0, 6.5)))
+            for s, x in enumerate(xs)]
+    v = against(rows, "x", "a")["b"]                          # differences 1, 0.5, 1, 0, 1.5: mean 0.8, sample std √0.325
+    half = 2.7764451051977987 * math.sqrt(0.325 / 5)          # Student's t(0.975, 4) × the standard error
+    assert (v["n"], v["word"]) == (5, "better") and v["diff"] == pytest.approx(0.8)
+    assert (v["lo"], v["hi"]) == (pytest.approx(0.8 - half), pytest.approx(0.8 + half))
 
 
 def test_summarise_tricks_by_hand():
