@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['count_across_workers', 'forget_counter', 'default_workers', 'parallel_map', 'slug', 'run_grid', 'mean_std', 'by_seed',
-           'paired_verdict', 'verdict_text', 'against', 'table']
+           'paired_verdict', 'verdict_text', 'verdict_cell', 'against_baseline', 'against', 'table']
 
 # %% ../nbs/00b_experiments.ipynb #58aecf76
 import json
@@ -164,15 +164,28 @@ def verdict_text(v: dict,  # a `paired_verdict`
              if v["word"] == "no detectable difference" else "")
     return f"{f(v['diff'])} (95% interval {f(v['lo'])} to {f(v['hi'])}, {v['n']} paired seeds{small}): {v['word']}"
 
+def verdict_cell(v: dict,  # a `paired_verdict`
+                 digits: int = 3) -> str:
+    """A paired verdict in a table cell: '+0.021 [+0.008, +0.034] better', '… (2 seeds: too few)', '+0.021 (one seed)'."""
+    f = lambda x: f"{x:+.{digits}f}"
+    if v["n"] < 2: return f"{f(v['diff'])} (one seed)"
+    return f"{f(v['diff'])} [{f(v['lo'])}, {f(v['hi'])}] " + (v["word"] if v["enough"] else f"({v['n']} seeds: too few)")
+
+def against_baseline(by_seed: dict,  # variant -> {seed: value}
+                     base: str,  # the baseline variant
+                     higher: bool = True,  # a larger value is better
+                     ) -> dict:
+    """Each other variant's `paired_verdict` against the baseline, paired by seed: {variant: verdict}."""
+    return {m: paired_verdict(v, by_seed[base], higher=higher) for m, v in by_seed.items() if m != base}
+
 def against(rows: list[dict],  # rows of `run_grid`
             key: str,  # the statistic compared
             base: str,  # the baseline variant
             by: str = "method", seed_key: str = "seed",
             higher: bool = True,  # a larger value is better
             ) -> dict:
-    """Each other variant's `paired_verdict` against `base` on `key`, paired by seed: {variant: verdict}."""
-    values = by_seed(rows, key, by, seed_key)
-    return {m: paired_verdict(v, values[base], higher=higher) for m, v in values.items() if m != base}
+    """`against_baseline` on a grid's rows: each other variant's `paired_verdict` against `base` on `key`."""
+    return against_baseline(by_seed(rows, key, by, seed_key), base, higher)
 
 
 # %% ../nbs/00b_experiments.ipynb #01ce7b63

@@ -4,17 +4,16 @@
 
 # %% auto #0
 __all__ = ['fmt_ms', 'PAPER_STRENGTH', 'STRENGTH_KEYS', 'DEMO_SECTIONS', 'PUBLISHED', 'HH_SECTIONS', 'Report', 'quiet_progress',
-           'verdict_cell', 'against_baseline', 'world_section', 'reward_model_section', 'strength_section',
-           'label_tricks_section', 'contrastive_section', 'over_optimisation', 'policy_section', 'between_text',
-           'iterative_section', 'cost_section', 'add_sections', 'demo_report', 'data_section', 'reward_models_section',
-           'hh_strength_section', 'hh_tricks_section', 'sft_section', 'ppo_section', 'metarm_round_section',
-           'section_text', 'hh_report']
+           'world_section', 'reward_model_section', 'strength_section', 'label_tricks_section', 'contrastive_section',
+           'over_optimisation', 'policy_section', 'between_text', 'iterative_section', 'cost_section', 'add_sections',
+           'demo_report', 'data_section', 'reward_models_section', 'hh_strength_section', 'hh_tricks_section',
+           'sft_section', 'ppo_section', 'metarm_round_section', 'section_text', 'hh_report']
 
 # %% ../nbs/12b_report.ipynb #b6aab23a
 from pathlib import Path
 
 from .core import write_text
-from .experiments import paired_verdict, table, verdict_text
+from .experiments import against_baseline, paired_verdict, table, verdict_cell, verdict_text
 
 # %% ../nbs/12b_report.ipynb #0b4702d7
 class Report:
@@ -37,19 +36,6 @@ def quiet_progress():
     datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
 
 # %% ../nbs/12b_report.ipynb #54ddbfe8
-def verdict_cell(v: dict,  # a `paired_verdict`
-                 digits: int = 3) -> str:
-    """A paired verdict in a table cell: '+0.021 [+0.008, +0.034] better', '… (2 seeds: too few)', '+0.021 (one seed)'."""
-    f = lambda x: f"{x:+.{digits}f}"
-    if v["n"] < 2: return f"{f(v['diff'])} (one seed)"
-    return f"{f(v['diff'])} [{f(v['lo'])}, {f(v['hi'])}] " + (v["word"] if v["enough"] else f"({v['n']} seeds: too few)")
-
-def against_baseline(by_seed: dict,  # method -> {seed: value}
-                     base: str,  # the baseline's method
-                     ) -> dict:
-    """Each other method's `paired_verdict` against the baseline, paired by seed."""
-    return {m: paired_verdict(v, by_seed[base]) for m, v in by_seed.items() if m != base}
-
 fmt_ms = lambda r, k: f"{r[k]:.3f} ± {r[k + '_std']:.3f}"   # "mean ± std" of a `mean_std` row
 
 # %% ../nbs/12b_report.ipynb #b5b173fa

@@ -97,8 +97,7 @@ def test_loss_flags_are_generated_from_the_dataclasses():
 
 def test_one_seed_gives_no_verdict():
     """One seed has no interval: the report must not call a one-seed difference better or worse."""
-    from rmsecrets.experiments import paired_verdict, verdict_text
-    from rmsecrets.report import verdict_cell
+    from rmsecrets.experiments import paired_verdict, verdict_cell, verdict_text
     one = paired_verdict([1.0], [0.5])
     assert one["word"] == "no detectable difference" and one["lo"] is None
     assert verdict_text(one) == "+0.500 (one seed: no interval, so no verdict)" and verdict_cell(one) == "+0.500 (one seed)"
